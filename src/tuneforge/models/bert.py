@@ -1,0 +1,228 @@
+"""BERT and RoBERTa (incl. XLM-RoBERTa, MiniLM): config, embeddings, encoder, pooler, classification heads.
+
+Reads top to bottom. Submodule names equal the checkpoint keys (embeddings.word_embeddings.weight,
+encoder.layer.0.attention.self.query.weight, ...), so loading is a strict state-dict load. Every tensor after the
+embeddings is packed: (N, H) holds only the batch's real tokens; see layers.Packing.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..checkpoint_io import PreTrainedModel
+from .config import Config
+from .layers import (ModelOutput, Packing, activation, check_positions, fused_qkv, packed_attention,
+                     sequence_classification_loss, trim_padding)
+
+# ---------------------------------------------------------------------------------------------------- config
+
+BERT_DEFAULTS = {
+    "model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+    "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0, "classifier_dropout": None,
+    "position_embedding_type": "absolute",
+}
+ROBERTA_DEFAULTS = {**BERT_DEFAULTS, "model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514,
+                    "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0,
+                    "eos_token_id": 2}
+XLM_ROBERTA_DEFAULTS = {**ROBERTA_DEFAULTS, "model_type": "xlm-roberta", "vocab_size": 250002}
+
+
+def BertConfig(**values) -> Config:
+    return Config(BERT_DEFAULTS, **values)
+
+
+def RobertaConfig(**values) -> Config:
+    return Config(ROBERTA_DEFAULTS, **values)
+
+
+def is_roberta(config: Config) -> bool:
+    return config.model_type in ("roberta", "xlm-roberta")
+
+
+def check_config(config: Config) -> None:
+    if config.position_embedding_type != "absolute":
+        raise ValueError(f"position_embedding_type={config.position_embedding_type!r} is not supported "
+                         "(only 'absolute')")
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
+                         f"{config.num_attention_heads}")
+
+# ------------------------------------------------------------------------------------------------ embeddings
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size,
+                                                padding_idx=c.pad_token_id if is_roberta(c) else None)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.roberta_positions = is_roberta(c)
+        self.pad_token_id = c.pad_token_id
+        self.max_positions = c.max_position_embeddings
+
+    def position_ids(self, input_ids: Tensor) -> Tensor:
+        batch, seq_len = input_ids.shape
+        if self.roberta_positions:
+            # RoBERTa numbers real tokens from pad_token_id + 1 (fairseq's convention).
+            real = input_ids.ne(self.pad_token_id).long()
+            positions = torch.cumsum(real, 1) * real + self.pad_token_id  # (B, T)
+            check_positions(int(positions.max()) + 1, self.max_positions)
+            return positions
+        check_positions(seq_len, self.max_positions)
+        return torch.arange(seq_len, device=input_ids.device).expand(batch, seq_len)  # (B, T)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None,
+                packing: Packing) -> Tensor:
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids)
+        ids = packing.pack(input_ids)  # (N,)
+        types = torch.zeros_like(ids) if token_type_ids is None else packing.pack(token_type_ids)
+        x = self.word_embeddings(ids) + self.token_type_embeddings(types)
+        x = x + self.position_embeddings(packing.pack(position_ids.expand_as(input_ids)))  # (N, H)
+        return self.dropout(self.LayerNorm(x))
+
+# ---------------------------------------------------------------------------------------------------- blocks
+
+
+class BertLayer(nn.Module):
+    """Post-norm transformer block: x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        h, i = c.hidden_size, c.intermediate_size
+        self.attention = nn.ModuleDict({
+            "self": nn.ModuleDict({"query": nn.Linear(h, h), "key": nn.Linear(h, h), "value": nn.Linear(h, h)}),
+            "output": nn.ModuleDict({"dense": nn.Linear(h, h), "LayerNorm": nn.LayerNorm(h, eps=c.layer_norm_eps)}),
+        })
+        self.intermediate = nn.ModuleDict({"dense": nn.Linear(h, i)})
+        self.output = nn.ModuleDict({"dense": nn.Linear(i, h), "LayerNorm": nn.LayerNorm(h, eps=c.layer_norm_eps)})
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.act = activation(c.hidden_act)
+        self.num_heads = c.num_attention_heads
+        self.attention_dropout = c.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, packing: Packing) -> Tensor:  # x: (N, H)
+        attn, out = self.attention.self, self.attention.output
+        qkv = fused_qkv(x, attn.query, attn.key, attn.value)  # (N, 3H)
+        a = packed_attention(qkv, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
+        x = out.LayerNorm(x + self.dropout(out.dense(a)))  # (N, H)
+        m = self.act(self.intermediate.dense(x))  # (N, I)
+        return self.output.LayerNorm(x + self.dropout(self.output.dense(m)))  # (N, H)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, x: Tensor, packing: Packing) -> Tensor:
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, packing, use_reentrant=False)
+            else:
+                x = layer(x, packing)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+
+    def forward(self, first_tokens: Tensor) -> Tensor:  # (B, H)
+        return torch.tanh(self.dense(first_tokens))
+
+# -------------------------------------------------------------------------------------------------- backbone
+
+
+class BertModel(PreTrainedModel):
+    """The encoder. Also RoBERTa's: the families differ only in position numbering and defaults."""
+
+    base_model_prefix = "bert"
+
+    def __init__(self, config: Config, add_pooling_layer: bool = True):
+        super().__init__(config)
+        check_config(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+               position_ids: Tensor | None = None) -> tuple[Tensor, Packing]:
+        """-> packed hidden states (N, H) and where they sit in the batch."""
+        input_ids, attention_mask, token_type_ids, position_ids = trim_padding(
+            input_ids, attention_mask, token_type_ids, position_ids)
+        packing = Packing.from_mask(attention_mask, input_ids.shape, input_ids.device)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, packing)  # (N, H)
+        return self.encoder(x, packing), packing
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                position_ids: Tensor | None = None) -> ModelOutput:
+        full_len = input_ids.shape[1]
+        x, packing = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
+        hidden = packing.unpack(x)  # (B, T', H), zeros at padding
+        if hidden.shape[1] < full_len:  # give back the caller's shape
+            hidden = torch.nn.functional.pad(hidden, (0, 0, 0, full_len - hidden.shape[1]))
+        pooled = self.pooler(x[packing.first]) if self.pooler is not None else None
+        return ModelOutput(last_hidden_state=hidden, pooler_output=pooled)
+
+
+class RobertaModel(BertModel):
+    base_model_prefix = "roberta"
+
+# ----------------------------------------------------------------------------------------------------- heads
+
+
+class BertForSequenceClassification(PreTrainedModel):
+    base_model_prefix = "bert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(drop)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                position_ids: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
+        x, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (N, H)
+        pooled = self.bert.pooler(x[packing.first])  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
+        return ModelOutput(loss=loss, logits=logits)
+
+
+class RobertaClassificationHead(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        drop = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        self.dropout = nn.Dropout(drop)
+        self.out_proj = nn.Linear(c.hidden_size, c.num_labels)
+
+    def forward(self, first_tokens: Tensor) -> Tensor:  # (B, H) the <s> token of each sequence
+        x = torch.tanh(self.dense(self.dropout(first_tokens)))
+        return self.out_proj(self.dropout(x))  # (B, num_labels)
+
+
+class RobertaForSequenceClassification(PreTrainedModel):
+    base_model_prefix = "roberta"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.classifier = RobertaClassificationHead(config)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                position_ids: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
+        x, packing = self.roberta.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (N, H)
+        logits = self.classifier(x[packing.first])  # (B, num_labels)
+        loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
+        return ModelOutput(loss=loss, logits=logits)

@@ -1,0 +1,126 @@
+"""DistilBERT: config, embeddings, blocks, backbone, classification head.
+
+Submodule names equal the checkpoint keys (transformer.layer.0.attention.q_lin.weight, ...). As in bert.py,
+everything after the embeddings runs on packed real tokens (N, H).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..checkpoint_io import PreTrainedModel
+from .config import Config
+from .layers import (ModelOutput, Packing, activation, check_positions, fused_qkv, packed_attention,
+                     sequence_classification_loss, trim_padding)
+
+DISTILBERT_DEFAULTS = {
+    "model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 512, "sinusoidal_pos_embds": False,
+    "n_layers": 6, "n_heads": 12, "dim": 768, "hidden_dim": 3072, "dropout": 0.1, "attention_dropout": 0.1,
+    "activation": "gelu", "initializer_range": 0.02, "qa_dropout": 0.1, "seq_classif_dropout": 0.2,
+    "pad_token_id": 0,
+}
+
+
+def DistilBertConfig(**values) -> Config:
+    return Config(DISTILBERT_DEFAULTS, **values)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.dim, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.dim)
+        self.LayerNorm = nn.LayerNorm(c.dim, eps=1e-12)
+        self.dropout = nn.Dropout(c.dropout)
+        self.max_positions = c.max_position_embeddings
+
+    def forward(self, input_ids: Tensor, packing: Packing) -> Tensor:
+        batch, seq_len = input_ids.shape
+        check_positions(seq_len, self.max_positions)
+        positions = torch.arange(seq_len, device=input_ids.device).expand(batch, seq_len)  # (B, T)
+        x = self.word_embeddings(packing.pack(input_ids)) + self.position_embeddings(packing.pack(positions))
+        return self.dropout(self.LayerNorm(x))  # (N, H)
+
+
+class TransformerBlock(nn.Module):
+    """Post-norm block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        d = c.dim
+        self.attention = nn.ModuleDict({"q_lin": nn.Linear(d, d), "k_lin": nn.Linear(d, d), "v_lin": nn.Linear(d, d),
+                                        "out_lin": nn.Linear(d, d)})
+        self.sa_layer_norm = nn.LayerNorm(d, eps=1e-12)
+        self.ffn = nn.ModuleDict({"lin1": nn.Linear(d, c.hidden_dim), "lin2": nn.Linear(c.hidden_dim, d)})
+        self.output_layer_norm = nn.LayerNorm(d, eps=1e-12)
+        self.dropout = nn.Dropout(c.dropout)
+        self.act = activation(c.activation)
+        self.num_heads = c.n_heads
+        self.attention_dropout = c.attention_dropout
+
+    def forward(self, x: Tensor, packing: Packing) -> Tensor:  # x: (N, H)
+        attn = self.attention
+        qkv = fused_qkv(x, attn.q_lin, attn.k_lin, attn.v_lin)  # (N, 3H)
+        a = packed_attention(qkv, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
+        x = self.sa_layer_norm(attn.out_lin(a) + x)
+        f = self.dropout(self.ffn.lin2(self.act(self.ffn.lin1(x))))  # (N, H)
+        return self.output_layer_norm(f + x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.layer = nn.ModuleList(TransformerBlock(c) for _ in range(c.n_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, x: Tensor, packing: Packing) -> Tensor:
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, packing, use_reentrant=False)
+            else:
+                x = layer(x, packing)
+        return x
+
+
+class DistilBertModel(PreTrainedModel):
+    base_model_prefix = "distilbert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        if config.dim % config.n_heads:
+            raise ValueError(f"dim {config.dim} is not a multiple of n_heads {config.n_heads}")
+        self.embeddings = Embeddings(config)
+        self.transformer = Transformer(config)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Packing]:
+        input_ids, attention_mask = trim_padding(input_ids, attention_mask)
+        packing = Packing.from_mask(attention_mask, input_ids.shape, input_ids.device)
+        return self.transformer(self.embeddings(input_ids, packing), packing), packing  # (N, H)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> ModelOutput:
+        full_len = input_ids.shape[1]
+        x, packing = self.encode(input_ids, attention_mask)
+        hidden = packing.unpack(x)  # (B, T', H), zeros at padding
+        if hidden.shape[1] < full_len:
+            hidden = nn.functional.pad(hidden, (0, 0, 0, full_len - hidden.shape[1]))
+        return ModelOutput(last_hidden_state=hidden)
+
+
+class DistilBertForSequenceClassification(PreTrainedModel):
+    base_model_prefix = "distilbert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.distilbert = DistilBertModel(config)
+        self.pre_classifier = nn.Linear(config.dim, config.dim)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.dropout = nn.Dropout(config.seq_classif_dropout)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        x, packing = self.distilbert.encode(input_ids, attention_mask)  # (N, H)
+        pooled = nn.functional.relu(self.pre_classifier(x[packing.first]))  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
+        return ModelOutput(loss=loss, logits=logits)

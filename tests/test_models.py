@@ -1,0 +1,289 @@
+"""Models and checkpoint folders against the reference (transformers), plus the bad-input contract."""
+import json
+import logging
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tuneforge import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from tuneforge.checkpoint_io import CheckpointError
+
+transformers = pytest.importorskip("transformers")
+
+TINY = {
+    "bert": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 max_position_embeddings=64, type_vocab_size=2),
+    "roberta": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=37, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1),
+    "xlm-roberta": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1),
+    "distilbert": dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64),
+}
+
+
+def reference_model(model_type, task, tmp_path, **extra):
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(model_type, **TINY[model_type], **extra)
+    cls = transformers.AutoModel if task == "base" else transformers.AutoModelForSequenceClassification
+    model = cls.from_config(config).eval()
+    folder = tmp_path / f"{model_type}-{task}"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def padded_batch(pad_id, vocab=99, lengths=(7, 3, 12, 1), extra_padding=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths) + extra_padding
+    ids = torch.full((len(lengths), width), pad_id)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        tokens = torch.randint(3, vocab, (n,), generator=g)
+        tokens[tokens == pad_id] = 5
+        ids[row, :n] = tokens
+        mask[row, :n] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_tiny_backbone_matches_reference(model_type, tmp_path):
+    ref, folder = reference_model(model_type, "base", tmp_path)
+    ours = AutoModel.from_pretrained(folder)
+    ids, mask = padded_batch(ref.config.pad_token_id)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-4)
+    assert torch.all(got[~real] == 0), "padding positions are never computed"
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+@pytest.mark.parametrize("problem_type,num_labels", [("single_label_classification", 3),
+                                                     ("multi_label_classification", 4), ("regression", 1)])
+def test_tiny_classifier_logits_and_loss_match_reference(model_type, problem_type, num_labels, tmp_path):
+    ref, folder = reference_model(model_type, "cls", tmp_path, num_labels=num_labels, problem_type=problem_type)
+    ours = AutoModelForSequenceClassification.from_pretrained(folder)
+    ids, mask = padded_batch(ref.config.pad_token_id)
+    g = torch.Generator().manual_seed(1)
+    if problem_type == "single_label_classification":
+        labels = torch.randint(0, num_labels, (ids.shape[0],), generator=g)
+    elif problem_type == "multi_label_classification":
+        labels = torch.randint(0, 2, (ids.shape[0], num_labels), generator=g).float()
+    else:
+        labels = torch.randn(ids.shape[0], generator=g)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, labels=labels)
+        got = ours(ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-4)
+
+
+def test_problem_type_inferred_like_reference(tmp_path):
+    _, folder = reference_model("bert", "cls", tmp_path, num_labels=3)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    ids, mask = padded_batch(0)
+    model(ids, attention_mask=mask, labels=torch.tensor([0, 1, 2, 0]))
+    assert model.config.problem_type == "single_label_classification"
+
+
+def test_gradients_match_reference(tmp_path):
+    """Training depends on backward too: parameter gradients equal the reference's."""
+    ref, folder = reference_model("bert", "cls", tmp_path, num_labels=3, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
+    ours = AutoModelForSequenceClassification.from_pretrained(folder).train()
+    ref.train()
+    ids, mask = padded_batch(0)
+    labels = torch.tensor([0, 1, 2, 1])
+    ref(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    ours(ids, attention_mask=mask, labels=labels).loss.backward()
+    ref_grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name].grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_padding_max_length_equals_dynamic_padding(tmp_path):
+    _, folder = reference_model("bert", "cls", tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    short_ids, short_mask = padded_batch(0, extra_padding=0)
+    long_ids, long_mask = padded_batch(0, extra_padding=50)
+    with torch.no_grad():
+        torch.testing.assert_close(model(long_ids, attention_mask=long_mask).logits,
+                                   model(short_ids, attention_mask=short_mask).logits, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- packaged MiniLM
+
+
+def test_minilm_hidden_states_match_reference(minilm_dir, sst2):
+    sentences = [s for s, _ in sst2("test", limit=32)]
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    batch = tok(sentences, padding=True, truncation=True, return_tensors="pt")
+    ref = transformers.AutoModel.from_pretrained(minilm_dir).eval()
+    ours = AutoModel.from_pretrained(minilm_dir)
+    with torch.no_grad():
+        expected = ref(**batch)
+        got = ours(**batch)
+    real = batch["attention_mask"].bool()
+    assert (~real).any(), "the batch must contain padding"
+    torch.testing.assert_close(got.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-4, rtol=0)
+
+
+def test_minilm_classifier_round_trip_with_reference(minilm_dir, sst2, tmp_path):
+    """Ours saves a fine-tuned classifier with string labels; the reference loads it with equal logits, and back."""
+    labels = {0: "negative", 1: "positive"}
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir, id2label=labels)
+    with torch.no_grad():  # stand-in for fine-tuning: move every weight
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    model.save_pretrained(tmp_path / "ours")
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    batch = tok([s for s, _ in sst2("test", limit=16)], padding=True, return_tensors="pt")
+
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "ours").eval()
+    assert ref.config.id2label == labels and ref.config.label2id == {"negative": 0, "positive": 1}
+    with torch.no_grad():
+        torch.testing.assert_close(ref(**batch).logits, model(**batch).logits, atol=1e-4, rtol=0)
+
+    ref.save_pretrained(tmp_path / "theirs")
+    back = AutoModelForSequenceClassification.from_pretrained(tmp_path / "theirs")
+    assert back.config.id2label == labels
+    with torch.no_grad():
+        torch.testing.assert_close(back(**batch).logits, ref(**batch).logits, atol=1e-4, rtol=0)
+
+
+def test_fresh_head_is_reported_in_one_warning(minilm_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert "Some weights of BertForSequenceClassification were not initialized" in messages[0]
+    assert "['classifier.bias', 'classifier.weight']" in messages[0]
+    assert "pooler" not in messages[0]
+
+
+def test_config_overrides_pass_through(minilm_dir):
+    config = AutoConfig.from_pretrained(minilm_dir, num_labels=5, hidden_dropout_prob=0.0,
+                                        problem_type="multi_label_classification")
+    assert config.num_labels == 5 and config.id2label[4] == "LABEL_4" and config.hidden_dropout_prob == 0.0
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir, id2label={0: "bad", 1: "good"})
+    assert model.config.label2id == {"bad": 0, "good": 1} and model.classifier.out_features == 2
+    with pytest.raises(TypeError, match="num_lables"):
+        AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_lables=5)
+
+
+# ------------------------------------------------------------------------------------- weight formats
+
+
+def _logits(model, ids, mask):
+    with torch.no_grad():
+        return model(ids, attention_mask=mask).logits
+
+
+def test_sharded_bin_legacy_and_prefix_formats_load_the_same_weights(tmp_path):
+    ref, folder = reference_model("bert", "cls", tmp_path, num_labels=2)
+    expected = AutoModelForSequenceClassification.from_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    ids, mask = padded_batch(0)
+    config = json.loads((folder / "config.json").read_text())
+
+    def folder_with(name, writer):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(config))
+        writer(out)
+        return out
+
+    keys = sorted(state)
+    half = len(keys) // 2
+
+    def sharded(out):
+        shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+        for shard, names in shards.items():
+            save_file({k: state[k] for k in names}, out / shard)
+        index = {"metadata": {}, "weight_map": {k: s for s, names in shards.items() for k in names}}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    def legacy_bin(out):
+        legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+                  for k, v in state.items()}
+        torch.save(legacy, out / "pytorch_model.bin")
+
+    for writer in (sharded, legacy_bin):
+        model = AutoModelForSequenceClassification.from_pretrained(folder_with(writer.__name__, writer))
+        torch.testing.assert_close(_logits(model, ids, mask), _logits(expected, ids, mask), atol=0, rtol=0)
+
+    # A classifier checkpoint ('bert.' prefix) loaded as a bare backbone, and a backbone under a head.
+    base = AutoModel.from_pretrained(folder)
+    ref_base = ref.bert
+    with torch.no_grad():
+        torch.testing.assert_close(base(ids, attention_mask=mask).last_hidden_state[mask.bool()],
+                                   ref_base(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()],
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_head_size_mismatch_is_an_error_unless_ignored(tmp_path, caplog):
+    _, folder = reference_model("bert", "cls", tmp_path, num_labels=2)
+    with pytest.raises(CheckpointError, match=r"classifier\.weight is \[2, 32\] in the checkpoint, \[5, 32\] in the model.*ignore_mismatched_sizes"):
+        AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5)
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5, ignore_mismatched_sizes=True)
+    assert model.classifier.out_features == 5
+    assert "found shape [2, 32] in the checkpoint and [5, 32] in the model" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match=f"model folder {tmp_path / 'nope'} does not exist"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "nope")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_unsupported_model_type_lists_supported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    with pytest.raises(CheckpointError, match="'gpt_neox'.*supported: bert, distilbert, roberta, xlm-roberta"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    _, folder = reference_model("bert", "base", tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is truncated or corrupt"):
+        AutoModel.from_pretrained(folder)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_is_refused_and_not_executed(tmp_path):
+    _, folder = reference_model("bert", "base", tmp_path)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "executed"
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"embeddings.word_embeddings.weight": _Payload(str(marker))}, f)
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin was refused"):
+        AutoModel.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_text_longer_than_position_limit(tmp_path):
+    _, folder = reference_model("bert", "cls", tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    ids = torch.randint(3, 99, (1, 80))
+    with pytest.raises(ValueError, match="longer than this model's position limit of 64 tokens.*truncation=True"):
+        model(ids)
