@@ -33,7 +33,12 @@ def _to_numpy(values, what):
         if values.dtype == torch.bfloat16:  # numpy has no bfloat16
             values = values.float()
         return values.numpy()
-    return np.asarray(values)
+    array = np.asarray(values)
+    if array.dtype.kind in "US" and not isinstance(values, np.ndarray):
+        # numpy turns [1, "cat"] into ["1", "cat"]; keep the original objects so that an
+        # error names the value that is actually wrong.
+        array = np.asarray(values, dtype=object)
+    return array
 
 
 def _as_labels(values, what):
@@ -73,7 +78,7 @@ def _as_values(values, what):
     if array.ndim not in (1, 2):
         raise ValueError(f"{what} must be 1-D or 2-D (examples x outputs), got shape {array.shape}")
     array = array.astype(np.float64)
-    return array.reshape(len(array), -1)
+    return array[:, np.newaxis] if array.ndim == 1 else array
 
 
 def _check_lengths(predictions, references, sample_weight):
@@ -115,9 +120,8 @@ class _ConfusionCounts:
         self.counts = {}
         self.size = 0
 
-    @staticmethod
-    def prepare(predictions, references, sample_weight):
-        """Check and convert a batch without touching any state, so a bad batch changes nothing."""
+    def prepare(self, predictions, references, sample_weight):
+        """Check and convert a batch without changing the counts, so a bad batch changes nothing."""
         predictions = _as_labels(predictions, "predictions")
         references = _as_labels(references, "references")
         weights = _as_weights(sample_weight)
@@ -163,8 +167,8 @@ class _RunningValues:
         self.weights = []
         self.size = 0
 
-    @staticmethod
-    def prepare(predictions, references, sample_weight):
+    def prepare(self, predictions, references, sample_weight):
+        """Check and convert a batch without keeping it (see ``_ConfusionCounts.prepare``)."""
         predictions = _as_values(predictions, "predictions")
         references = _as_values(references, "references")
         weights = _as_weights(sample_weight)
@@ -175,17 +179,17 @@ class _RunningValues:
                 f"predictions have {predictions.shape[1]} outputs per example "
                 f"but references have {references.shape[1]}"
             )
+        if self.predictions and len(predictions) and predictions.shape[1] != self.predictions[0].shape[1]:
+            raise ValueError(
+                f"this batch has {predictions.shape[1]} outputs per example, "
+                f"earlier ones had {self.predictions[0].shape[1]}"
+            )
         return predictions, references, weights
 
     def absorb(self, batch):
         predictions, references, weights = batch
         if len(references) == 0:
             return
-        if self.predictions and predictions.shape[1] != self.predictions[0].shape[1]:
-            raise ValueError(
-                f"this batch has {predictions.shape[1]} outputs per example, "
-                f"earlier ones had {self.predictions[0].shape[1]}"
-            )
         self.predictions.append(predictions)
         self.references.append(references)
         self.weights.append(np.ones(len(references)) if weights is None else weights)
@@ -267,7 +271,7 @@ class Metric:
     def _prepare(self, predictions, references, sample_weight):
         if sample_weight is not None and not self.takes_sample_weight:
             raise TypeError(f"{self.name} does not take sample_weight")
-        return self._state_type.prepare(predictions, references, sample_weight)
+        return self._state.prepare(predictions, references, sample_weight)
 
     def _check_kwargs(self, kwargs, where):
         unknown = sorted(set(kwargs) - set(self.defaults))

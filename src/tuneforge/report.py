@@ -59,7 +59,7 @@ section.card {
 }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 20px; }
 .grid > section.card { margin: 0; }
-.grid + section.card, section.card + .grid, .grid + .grid { margin-top: 20px; }
+.grid { margin: 0 0 20px; }
 .grid.small { grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 14px; }
 .chart-box { margin-top: 6px; }
 figure { margin: 0; }
@@ -85,7 +85,10 @@ td.label { overflow-wrap: anywhere; min-width: 120px; }
 td.key { font-family: ui-monospace, "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: 12.5px;
   color: #374151; white-space: nowrap; }
 td.value { overflow-wrap: anywhere; font-variant-numeric: tabular-nums; }
-.kv { max-width: 100%; }
+.kv td:first-child { width: 45%; }
+.grid.tables { align-items: start; }
+#per-class-table td.num, #per-class-table th.num { width: 13%; }
+#per-class-table td.num:first-child, #per-class-table th.num:first-child { width: 4%; }
 .cm-wrap { overflow-x: auto; margin-top: 8px; }
 .cm-wrap svg { display: block; max-width: 100%; height: auto; margin: 0 auto; }
 .empty { color: var(--muted); font-style: italic; padding: 20px 0; }
@@ -93,7 +96,7 @@ footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 2
 """.replace("FONT", _FONT)
 
 # Series colours (Tailwind-ish palette: readable on white, distinct from each other).
-_BLUE, _BLUE_LIGHT = "#2563eb", "#93c5fd"
+_BLUE = "#2563eb"
 _ORANGE = "#ea580c"
 _VIOLET = "#7c3aed"
 _TEAL = "#0d9488"
@@ -155,7 +158,7 @@ def _fmt_number(value: Any) -> str:
         return "—"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, int) and abs(value) < 10 ** 9:
         return f"{value:,}"
     f = _as_float(value)
     if f is None:
@@ -164,9 +167,12 @@ def _fmt_number(value: Any) -> str:
         return _fmt_nonfinite(f)
     if f == 0:
         return "0"
-    if f.is_integer() and abs(f) < 1e15:
+    if f.is_integer() and abs(f) < 1e9:
         return f"{int(f):,}"
     a = abs(f)
+    if a >= 1e9:
+        mant, exp = f"{f:.3e}".split("e")
+        return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
     if a >= 1000:
         return f"{f:,.1f}"
     if a >= 1e-3:
@@ -221,10 +227,8 @@ def _truncate(text: str, max_chars: int) -> str:
 def _nice_step(span: float, target: int) -> float:
     raw = span / max(1, target)
     mag = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 5, 10):
-        if raw <= m * mag * (1 + 1e-9):
-            return m * mag
-    return 10 * mag
+    # The nice step (1, 2 or 5 times a power of ten) closest to the raw step, on a log scale.
+    return min((m * mag for m in (1, 2, 5, 10)), key=lambda step: abs(math.log(raw / step)))
 
 
 def _pad_degenerate(lo: float, hi: float) -> tuple[float, float]:
@@ -235,8 +239,9 @@ def _pad_degenerate(lo: float, hi: float) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], float]:
-    step = _nice_step(hi - lo, target)
+def _ticks(lo: float, hi: float, target: int = 5, *, step: float | None = None) -> tuple[list[float], float]:
+    if step is None:
+        step = _nice_step(hi - lo, target)
     first = math.ceil(lo / step - 1e-9) * step
     ticks = []
     v = first
@@ -329,6 +334,13 @@ def _stride(points: list[tuple[float, float]], max_points: int = _MAX_PLOT_POINT
 # Line chart
 # ----------------------------------------------------------------------------
 
+def _tint(color: str, amount: float) -> str:
+    """``color`` (#rrggbb) mixed with white: amount 0 keeps it, 1 gives white."""
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (round(c + (255 - c) * amount) for c in (r, g, b))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
 class _Series:
     def __init__(self, name: str, points: list[tuple[float, float]], color: str, *,
                  markers: bool | None = None, width: float = 2.0, opacity: float = 1.0,
@@ -353,8 +365,8 @@ def _line_chart(svg_id: str, series: list[_Series], *, x_label: str, y_label: st
     drawn: list[_Series] = []
     for s in series:
         if s.smooth and len(s.points) >= 50:
-            drawn.append(_Series(s.name + " (raw)", _downsample(s.points), _BLUE_LIGHT if s.color == _BLUE else s.color,
-                                 markers=False, width=1.2, opacity=0.55 if s.color != _BLUE else 1.0, legend=True))
+            drawn.append(_Series(s.name + " (raw)", _downsample(s.points), _tint(s.color, 0.55),
+                                 markers=False, width=1.2, legend=True))
             drawn.append(_Series(s.name + " (smoothed)", _stride(_smooth(s.points)), s.color, markers=False,
                                  width=2.2, legend=True))
         else:
@@ -373,17 +385,18 @@ def _line_chart(svg_id: str, series: list[_Series], *, x_label: str, y_label: st
     if any_markers:
         pad = (x_hi - x_lo) * 0.03
         x_lo, x_hi = x_lo - pad, x_hi + pad
-    x_ticks, x_step = _ticks(x_lo, x_hi, 6)
+    x_ticks, x_step = _ticks(x_lo, x_hi, max(4, int((width - 80) / 100)))
     integer_x = all(float(x).is_integer() for x in xs)
     if integer_x and x_step < 1:
         x_ticks = [t for t in x_ticks if float(t).is_integer()]
         x_step = 1.0
 
     y_lo, y_hi = _pad_degenerate(min(ys), max(ys))
-    y_ticks, y_step = _ticks(y_lo, y_hi, 5)
+    y_ticks, y_step = _ticks(y_lo, y_hi, max(3, min(6, int((height - 70) / 50))))
+    # Snap the y domain outwards to whole tick steps so the plot starts and ends on a gridline.
     y_lo = min(y_lo, math.floor(y_lo / y_step + 1e-9) * y_step)
     y_hi = max(y_hi, math.ceil(y_hi / y_step - 1e-9) * y_step)
-    y_ticks, _ = _ticks(y_lo, y_hi, 5)
+    y_ticks, _ = _ticks(y_lo, y_hi, step=y_step)
     y_fmt = _tick_formatter(y_step, y_lo, y_hi)
     x_fmt = _tick_formatter(x_step, x_lo, x_hi)
     y_labels = [y_fmt(t) for t in y_ticks]
@@ -395,6 +408,14 @@ def _line_chart(svg_id: str, series: list[_Series], *, x_label: str, y_label: st
     m_top = 30 if legend_items else 14
     m_bottom = 46
     pw, ph = width - m_left - m_right, height - m_top - m_bottom
+    # Thin out x tick labels that would collide.
+    x_labels = [x_fmt(t) for t in x_ticks]
+    if len(x_ticks) > 1:
+        spacing = pw * x_step / (x_hi - x_lo)
+        widest = max(_text_width(t, tick_fs) for t in x_labels) + 10
+        keep = max(1, math.ceil(widest / spacing))
+        if keep > 1:
+            x_ticks, x_labels = x_ticks[::keep], x_labels[::keep]
 
     def sx(x: float) -> float:
         return m_left + (x - x_lo) / (x_hi - x_lo) * pw
@@ -417,8 +438,8 @@ def _line_chart(svg_id: str, series: list[_Series], *, x_label: str, y_label: st
     out.append(f'<g fill="{_TICK_TEXT}" font-size="{tick_fs}">')
     for t, lab in zip(y_ticks, y_labels):
         out.append(f'<text x="{m_left - 7:.1f}" y="{sy(t) + 3.8:.1f}" text-anchor="end">{_esc(lab)}</text>')
-    for t in x_ticks:
-        out.append(f'<text x="{sx(t):.1f}" y="{m_top + ph + 17:.1f}" text-anchor="middle">{_esc(x_fmt(t))}</text>')
+    for t, lab in zip(x_ticks, x_labels):
+        out.append(f'<text x="{sx(t):.1f}" y="{m_top + ph + 17:.1f}" text-anchor="middle">{_esc(lab)}</text>')
     out.append("</g>")
     # Axes.
     out.append(f'<path d="M{m_left:.1f},{m_top:.1f}V{m_top + ph:.1f}H{m_left + pw:.1f}" fill="none" '
@@ -493,9 +514,9 @@ def _fmt_count(v: float) -> str:
 
 def _confusion_svg(matrix: list[list[float]], labels: list[str]) -> str:
     n = len(matrix)
-    fs = 12 if n <= 10 else (11 if n <= 15 else 10)
-    cell = max(30.0, min(92.0, 600.0 / n))
-    max_chars = 28 if n <= 10 else 22
+    fs = 12 if n <= 10 else (11 if n <= 24 else 10)
+    cell = max(30.0, min(110.0, 760.0 / n))
+    max_chars = 30 if n <= 10 else 26
     shown = [_truncate(lab, max_chars) for lab in labels]
     label_w = max(_text_width(s, fs) for s in shown)
 
@@ -780,31 +801,43 @@ def render_report(*, log_history: Sequence[Mapping] | None, id2label: Mapping | 
         dropped = total - kept
         return f"{dropped} non-finite value{'s' if dropped != 1 else ''} (NaN/inf) not plotted." if dropped else ""
 
-    curve_cards: list[str] = []
+    # Layout: the loss chart spans the page; learning rate and gradient norm share a row
+    # (or one of them spans the page when the other is absent).
+    wide_w, half_w = 1140, 550
+    side_by_side = bool(n_lr) and bool(n_gn)
+    side_w = half_w if side_by_side else wide_w
     if n_loss or eval_loss_pts:
         series = [_Series("train loss", loss_pts, _BLUE, smooth=True, marker_fmt=_fmt_metric)]
         if eval_loss_pts:
             series.append(_Series("eval loss", eval_loss_pts, _ORANGE, markers=True, marker_fmt=_fmt_metric))
-        svg = _line_chart("loss-curve", series, x_label="Step", y_label="Loss", title="Training loss vs step")
+        svg = _line_chart("loss-curve", series, x_label="Step", y_label="Loss", title="Training loss vs step",
+                          width=wide_w, height=340)
         notes = [f"{len(loss_pts):,} logged point{'s' if len(loss_pts) != 1 else ''}"]
+        if eval_loss_pts:
+            notes.append(f"{len(eval_loss_pts)} evaluation{'s' if len(eval_loss_pts) != 1 else ''}")
         if len(loss_pts) > _MAX_PLOT_POINTS:
-            notes.append(f"downsampled to ≤{_MAX_PLOT_POINTS} for drawing")
+            notes.append(f"downsampled to ≤{_MAX_PLOT_POINTS} points for drawing")
         if skipped_note(n_loss, len(loss_pts)):
             notes.append(skipped_note(n_loss, len(loss_pts)))
         body = f'<div class="chart-box">{svg}</div>' if svg else '<p class="empty">No finite loss values to plot.</p>'
-        curve_cards.append(_card("training-loss", "Training loss", body, " · ".join(notes)))
+        parts.append(_card("training-loss", "Training loss", body, " · ".join(notes)))
+    side_cards: list[str] = []
     if n_lr:
         svg = _line_chart("lr-curve", [_Series("learning rate", lr_pts, _VIOLET, markers=None)],
-                          x_label="Step", y_label="Learning rate", title="Learning rate vs step")
+                          x_label="Step", y_label="Learning rate", title="Learning rate vs step",
+                          width=side_w, height=300)
         body = f'<div class="chart-box">{svg}</div>' if svg else '<p class="empty">No finite learning-rate values to plot.</p>'
-        curve_cards.append(_card("learning-rate", "Learning rate", body, skipped_note(n_lr, len(lr_pts))))
+        side_cards.append(_card("learning-rate", "Learning rate", body, skipped_note(n_lr, len(lr_pts))))
     if n_gn:
         svg = _line_chart("grad-norm-curve", [_Series("gradient norm", gn_pts, _TEAL, smooth=True)],
-                          x_label="Step", y_label="Gradient norm", title="Gradient norm vs step")
+                          x_label="Step", y_label="Gradient norm", title="Gradient norm vs step",
+                          width=side_w, height=300)
         body = f'<div class="chart-box">{svg}</div>' if svg else '<p class="empty">No finite gradient norms to plot.</p>'
-        curve_cards.append(_card("grad-norm", "Gradient norm", body, skipped_note(n_gn, len(gn_pts))))
-    if curve_cards:
-        parts.append('<div class="grid">' + "".join(curve_cards) + "</div>")
+        side_cards.append(_card("grad-norm", "Gradient norm", body, skipped_note(n_gn, len(gn_pts))))
+    if len(side_cards) > 1:
+        parts.append('<div class="grid">' + "".join(side_cards) + "</div>")
+    else:
+        parts.extend(side_cards)
 
     # --- Evaluation metrics ----------------------------------------------------
     if evals:
@@ -819,7 +852,7 @@ def render_report(*, log_history: Sequence[Mapping] | None, id2label: Mapping | 
                 metric = key[5:]
                 svg = _line_chart(f"eval-{metric}-curve", [_Series(metric, pts, _PALETTE[idx % len(_PALETTE)],
                                                                    markers=True, marker_fmt=_fmt_metric)],
-                                  x_label="Step", y_label=metric.replace("_", " "), width=440, height=250,
+                                  x_label="Step", y_label=metric.replace("_", " "), width=360, height=230,
                                   title=f"eval {metric} per evaluation", css_class="chart eval-chart",
                                   x_zero=False)
                 if svg:
@@ -881,14 +914,19 @@ def render_report(*, log_history: Sequence[Mapping] | None, id2label: Mapping | 
         parts.append(_card("per-class", "Per-class metrics", _per_class_table(per_class, labels)))
 
     # --- Settings and throughput ----------------------------------------------
+    tables = []
     if settings:
-        parts.append(_card("settings", "Settings",
-                           _kv_table("settings-table", ((str(k), _fmt_setting(v)) for k, v in settings.items()))))
+        tables.append(_card("settings", "Settings",
+                            _kv_table("settings-table", ((str(k), _fmt_setting(v)) for k, v in settings.items()))))
     if throughput:
-        parts.append(_card("throughput", "Throughput",
-                           _kv_table("throughput-table",
-                                     ((_humanise(k), _fmt_number(v)) for k, v in throughput.items()),
-                                     key_class="label")))
+        tables.append(_card("throughput", "Throughput",
+                            _kv_table("throughput-table",
+                                      ((_humanise(k), _fmt_number(v)) for k, v in throughput.items()),
+                                      key_class="label")))
+    if len(tables) > 1:
+        parts.append('<div class="grid tables">' + "".join(tables) + "</div>")
+    else:
+        parts.extend(tables)
 
     if not any(parts):
         parts.append(_card("empty", "No data", '<p class="empty">Nothing was logged for this run.</p>'))
@@ -900,7 +938,6 @@ def render_report(*, log_history: Sequence[Mapping] | None, id2label: Mapping | 
         sub.append(f"{len(evals):,} evaluation{'s' if len(evals) != 1 else ''}")
     generated = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     sub.append(f"generated {generated}")
-    # Group the closely related "settings" and "throughput" cards side by side when both are present.
     body = "\n".join(p for p in parts if p)
     return ("<!DOCTYPE html>\n"
             '<html lang="en">\n<head>\n<meta charset="utf-8">\n'

@@ -1,0 +1,559 @@
+"""Talking to a Hugging Face Hub: log in, fetch a checkpoint folder, push a folder, write a model card.
+
+This is the only tuneforge module that imports ``huggingface_hub``, and it does so inside functions, so
+importing tuneforge never needs it; other modules import this one lazily.
+
+Settings are read from the environment at *call* time, not when ``huggingface_hub`` was imported
+(it reads several of them once, at import): ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``,
+``HF_HUB_OFFLINE``, ``HF_TOKEN`` and ``HF_TOKEN_PATH`` are resolved here and passed explicitly.
+
+Tokens are never printed, logged, written to a file by this module (except by :func:`login`, which
+stores it where ``huggingface_hub`` keeps it) or put in an exception message.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_ALLOW_PATTERNS",
+    "HubError",
+    "login",
+    "resolve_folder",
+    "push_folder",
+    "write_model_card",
+    "redact",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+#: Files fetched by :func:`resolve_folder` unless ``allow_patterns`` says otherwise.
+DEFAULT_ALLOW_PATTERNS = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+
+REDACTED = "<redacted>"
+
+_TRUE = {"1", "on", "yes", "true"}
+_SETTINGS_LOCK = threading.Lock()
+# Things that look like credentials, scrubbed from any message this module builds.
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
+    re.compile(r"\bhf_[A-Za-z0-9]{8,}\b"),
+    re.compile(r"(?i)(token=)[^&\s'\"]+"),
+)
+
+
+class HubError(OSError):
+    """A hub operation failed. The message is one line and never contains a token.
+
+    Attributes: ``endpoint`` (the hub URL that was used), ``repo_id``, ``reason`` (short cause) and
+    ``original`` (the underlying exception, if any).
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None, repo_id: str | None = None,
+                 reason: str | None = None, original: BaseException | None = None):
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.repo_id = repo_id
+        self.reason = reason
+        self.original = original
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings resolved at call time
+# ---------------------------------------------------------------------------------------------------------------
+def _endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _expand(path: str) -> str:
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+def _hf_home() -> str:
+    home = os.environ.get("HF_HOME")
+    if home:
+        return _expand(home)
+    return _expand(os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))
+
+
+def _cache_dir() -> str:
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return _expand(os.environ[var])
+    return os.path.join(_hf_home(), "hub")
+
+
+def _token_path() -> str:
+    if os.environ.get("HF_TOKEN_PATH"):
+        return _expand(os.environ["HF_TOKEN_PATH"])
+    return os.path.join(_hf_home(), "token")
+
+
+def _offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in _TRUE
+
+
+def _env_token() -> str | None:
+    value = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    return (value or "").strip() or None
+
+
+def _token(token: str | None):
+    """The token to pass to huggingface_hub: explicit, else ``HF_TOKEN``, else the saved one (or ``False``: none)."""
+    if token:
+        return token
+    env = _env_token()
+    if env:
+        return env
+    path = _token_path()
+    try:
+        from huggingface_hub import constants
+
+        if os.path.abspath(path) == os.path.abspath(constants.HF_TOKEN_PATH):
+            return None  # huggingface_hub reads that same file itself (and handles OAuth refresh)
+    except Exception:
+        pass
+    try:
+        saved = Path(path).read_text().strip()
+    except OSError:
+        saved = ""
+    return saved or False
+
+
+def _has_token(hub_token) -> bool:
+    return bool(hub_token) or (hub_token is None and os.path.exists(_token_path()))
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _tuneforge_version() -> str:
+    package = sys.modules.get((__package__ or "tuneforge").split(".")[0])
+    return getattr(package, "__version__", None) or _version("tuneforge") or "unknown"
+
+
+@contextlib.contextmanager
+def _synced_hub_settings(endpoint: str):
+    """Point huggingface_hub's import-time settings used by ``login`` at the current environment, then restore."""
+    from huggingface_hub import constants, hf_api
+
+    token_path = _token_path()
+    patches = [
+        (constants, "ENDPOINT", endpoint),
+        (constants, "HF_TOKEN_PATH", token_path),
+        (constants, "HF_STORED_TOKENS_PATH", os.path.join(os.path.dirname(token_path), "stored_tokens")),
+    ]
+    module_api = getattr(hf_api, "api", None)
+    if module_api is not None and hasattr(module_api, "endpoint"):
+        patches.append((module_api, "endpoint", endpoint))
+    with _SETTINGS_LOCK:
+        saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches if hasattr(obj, name)]
+        try:
+            for obj, name, value in patches:
+                if hasattr(obj, name):
+                    setattr(obj, name, value)
+            yield
+        finally:
+            for obj, name, value in saved:
+                setattr(obj, name, value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Error messages
+# ---------------------------------------------------------------------------------------------------------------
+def _scrub(text: str, *secrets: Any) -> str:
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+    return text
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _reason(err: BaseException, *, revision: str | None = None, offline: bool = False, has_token: bool = False) -> str:
+    """A short, single-line cause for ``err`` (walking its cause chain)."""
+    names = {type(e).__name__ for e in _chain(err)}
+    for e in _chain(err):
+        name = type(e).__name__
+        if name == "HFValidationError":
+            return "not a valid hub repo id, which looks like namespace/name"
+        if name == "GatedRepoError":
+            return "gated repository: accept its conditions on the hub and give a token"
+        if name == "RepositoryNotFoundError":
+            if has_token:
+                return "repository not found, or private and the token cannot read it"
+            return "repository not found, or private and no token was given"
+        if name == "RevisionNotFoundError":
+            return f"revision {revision!r} not found" if revision else "revision not found"
+        if name in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+            return "a file was not found in the repository"
+        if name == "OfflineModeIsEnabled" or (offline and name == "LocalEntryNotFoundError"):
+            return "offline mode is on (HF_HUB_OFFLINE) and the local cache has no copy"
+        if "Timeout" in name or isinstance(e, TimeoutError):
+            return "timed out"
+        if "ConnectError" in name or "ConnectionError" in name or isinstance(e, ConnectionError):
+            return f"could not connect: {_first_line(e, 100)}"
+        status = _status(e)
+        if status is not None:
+            if status == 401:
+                return "authentication failed (HTTP 401): the token is missing or invalid"
+            if status == 403:
+                return "permission denied (HTTP 403): the token cannot write there"
+            server_message = None
+            response = getattr(e, "response", None)
+            headers = getattr(response, "headers", None)
+            if headers is not None:
+                server_message = headers.get("X-Error-Message")
+            return f"HTTP {status}" + (f": {_first_line(server_message, 100)}" if server_message else "")
+    if "LocalEntryNotFoundError" in names:
+        return "not reachable and not in the local cache"
+    return _first_line(f"{type(err).__name__}: {err}", 160)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------
+def login(token: str | None = None) -> None:
+    """Log in to the hub at ``HF_ENDPOINT`` (default https://huggingface.co).
+
+    With no ``token``, ``HF_TOKEN`` is used; with neither, huggingface_hub's interactive login runs.
+    The token is checked against the hub (whoami) and saved where huggingface_hub keeps it
+    (``HF_TOKEN_PATH``, default ``$HF_HOME/token``). It is never printed or logged.
+    """
+    import huggingface_hub
+
+    endpoint = _endpoint()
+    token = token or _env_token()
+    if token is None and not (sys.stdin and sys.stdin.isatty()):
+        raise HubError(f"could not log in to the hub at {endpoint} (no token: pass token= or set HF_TOKEN)",
+                       endpoint=endpoint, reason="no token")
+    with _synced_hub_settings(endpoint):
+        try:
+            if token is None:
+                huggingface_hub.login()
+            else:
+                huggingface_hub.login(token=token, add_to_git_credential=False)
+        except Exception as err:
+            reason = _scrub(_reason(err), token)
+            if _status(err) == 401 or "Invalid user token" in str(err):
+                reason = "the token was refused (HTTP 401)"
+            raise HubError(
+                f"could not log in to the hub at {endpoint} ({reason})", endpoint=endpoint, reason=reason, original=err
+            ) from None
+    logger.info("Logged in to the hub at %s", endpoint)
+
+
+def resolve_folder(
+    name_or_path,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    allow_patterns: Iterable[str] | str | None = None,
+) -> Path:
+    """A local folder holding the checkpoint ``name_or_path``.
+
+    An existing local directory always wins and is returned as is. Anything else is taken as a hub repo
+    id: a snapshot of only the needed files (``allow_patterns``, default :data:`DEFAULT_ALLOW_PATTERNS`) is
+    downloaded into the huggingface_hub cache and its folder returned. With ``HF_HUB_OFFLINE=1``, or when
+    the hub cannot be reached, the cached snapshot is used. When neither works, raises :class:`HubError`
+    (an ``OSError``) with one line saying why.
+    """
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_dir():
+        return path
+    name = os.fspath(name_or_path)
+    endpoint = _endpoint()
+    offline = _offline()
+    if allow_patterns is None:
+        patterns = list(DEFAULT_ALLOW_PATTERNS)
+    elif isinstance(allow_patterns, str):
+        patterns = [allow_patterns]
+    else:
+        patterns = list(allow_patterns)
+    hub_token = _token(token)
+
+    def fail(reason: str, original: BaseException | None = None):
+        reason = _scrub(reason, token, hub_token)
+        message = (
+            f"{name!r} is not a local folder and could not be fetched from the hub at {endpoint} ({reason}); "
+            f"check the path or repo id, set HF_TOKEN for a private repo, "
+            f"or fetch it once online so that it is cached in {_cache_dir()}"
+        )
+        return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=name, reason=reason,
+                        original=original)
+
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repo_id=name,
+            revision=revision,
+            token=hub_token,
+            allow_patterns=patterns,
+            cache_dir=_cache_dir(),
+            endpoint=endpoint,
+            local_files_only=offline,
+            library_name="tuneforge",
+            library_version=_tuneforge_version(),
+        )
+    except Exception as err:
+        raise fail(_reason(err, revision=revision, offline=offline, has_token=_has_token(hub_token)), err) from None
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise fail(f"the repository has no file matching {', '.join(patterns)}")
+    logger.debug("Resolved %r to %s", name, folder)
+    return folder
+
+
+def push_folder(
+    folder,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload with tuneforge",
+    revision: str | None = None,
+) -> str:
+    """Upload the files of ``folder`` to the hub repo ``repo_id`` (created if missing) in one commit.
+
+    ``revision`` names a branch, created from ``main`` if missing. Returns the commit URL (a ``str``; with
+    huggingface_hub it is a ``CommitInfo`` whose ``.oid`` is the commit id). Failures raise
+    :class:`HubError` with one line naming the endpoint and the repo id.
+    """
+    folder = Path(os.fspath(folder)).expanduser()
+    endpoint = _endpoint()
+    hub_token = _token(token)
+
+    def fail(reason: str, original: BaseException | None = None):
+        reason = _scrub(reason, token, hub_token)
+        message = f"could not push {str(folder)!r} to {repo_id!r} on the hub at {endpoint} ({reason})"
+        return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=repo_id, reason=reason,
+                        original=original)
+
+    if not folder.is_dir():
+        raise fail("not a folder")
+    if _offline():
+        raise fail("offline mode is on: unset HF_HUB_OFFLINE to push")
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint, token=hub_token, library_name="tuneforge",
+                    library_version=_tuneforge_version())
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message,
+            revision=revision,
+            repo_type="model",
+        )
+    except Exception as err:
+        raise fail(_reason(err, revision=revision, has_token=_has_token(hub_token)), err) from None
+    logger.info("Pushed %s to %s on %s", folder, repo_id, endpoint)
+    return info
+
+
+def redact(obj) -> dict:
+    """A copy of ``obj`` (a mapping, a dataclass or an object with ``to_dict``) where every key containing
+    "token" (any case, at any depth) whose value is set is replaced by ``"<redacted>"``."""
+    return _redact(_as_dict(obj))
+
+
+def _as_dict(obj) -> dict:
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return dict(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "__dict__"):
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    raise TypeError(f"cannot redact an object of type {type(obj).__name__}")
+
+
+def _is_token_key(key) -> bool:
+    return isinstance(key, str) and "token" in key.lower()
+
+
+def _drop_token_keys(value):
+    if isinstance(value, Mapping):
+        return {k: _drop_token_keys(v) for k, v in value.items() if not _is_token_key(k)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_drop_token_keys(v) for v in value)
+    return value
+
+
+def _redact(value):
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if v not in (None, "", False) else v) if _is_token_key(k) else _redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_redact(v) for v in value)
+    return value
+
+
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+_SPEED_KEYS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) >= 1e-4 or value == 0 else f"{value:.3e}"
+    text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _hyperparameter_lines(hyperparameters) -> list[str]:
+    if hyperparameters is None:
+        return ["No training hyperparameters were recorded."]
+    params = _as_dict(hyperparameters)
+    lines = []
+    for key, value in params.items():
+        if _is_token_key(key):
+            continue
+        value = _drop_token_keys(value)
+        if hasattr(value, "value") and type(value).__module__ != "builtins":  # enums
+            value = value.value
+        lines.append(f"- {key}: {_fmt(value)}")
+    return lines or ["No training hyperparameters were recorded."]
+
+
+def _eval_table(log_history) -> list[str]:
+    rows = [dict(e) for e in (log_history or ()) if isinstance(e, Mapping) and any(str(k).startswith("eval_") for k in e)]
+    if not rows:
+        return ["No evaluation results were logged."]
+    columns = [c for c in ("epoch", "step") if any(c in r for r in rows)]
+    metrics: list[str] = []
+    for row in rows:
+        for key in row:
+            if (isinstance(key, str) and key.startswith("eval_") and key not in _SPEED_KEYS
+                    and not _is_token_key(key) and key not in metrics):
+                metrics.append(key)
+    header = [c.capitalize() for c in columns] + [m[len("eval_"):].replace("_", " ").capitalize() for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in rows:
+        cells = [("-" if c not in row else str(round(row[c], 2)) if c == "epoch" and isinstance(row[c], float)
+                  else _fmt(row[c])) for c in columns + metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_model_card(
+    folder,
+    *,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    dataset=None,
+    log_history=(),
+    hyperparameters=None,
+    id2label=None,
+) -> Path:
+    """Write ``folder/README.md``: YAML front matter (library_name, base_model, tags, datasets) and sections
+    for the description, label names, evaluation results (one table row per evaluation in ``log_history``),
+    training hyperparameters and framework versions. Keys containing "token" are never written."""
+    import yaml
+
+    folder = Path(os.fspath(folder)).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets = [dataset] if isinstance(dataset, str) else [str(d) for d in dataset] if dataset else []
+    base_is_repo = bool(base_model) and _REPO_ID_RE.match(str(base_model)) and not Path(str(base_model)).exists()
+
+    meta: dict[str, Any] = {"library_name": "tuneforge"}
+    if base_is_repo:
+        meta["base_model"] = str(base_model)
+    tags = ["tuneforge", "fine-tuned"]
+    if id2label:
+        tags.append("text-classification")
+    meta["tags"] = tags
+    if datasets:
+        meta["datasets"] = datasets
+
+    title = (repo_id or folder.resolve().name).split("/")[-1]
+    if base_model:
+        source = f"[{base_model}]({_endpoint()}/{base_model})" if base_is_repo else f"`{Path(str(base_model)).name}`"
+        description = f"This model is a fine-tuned version of {source}"
+    else:
+        description = "This model was fine-tuned"
+    description += f" on the {', '.join(datasets)} dataset" if datasets else ""
+    description += " with tuneforge."
+
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "", f"# {title}", ""]
+    lines += ["## Model description", "", description, ""]
+    if repo_id:
+        lines += [f"Repository: `{repo_id}`", ""]
+    lines += ["## Label names", ""]
+    if id2label:
+        items = sorted(dict(id2label).items(), key=lambda kv: (int(kv[0]) if str(kv[0]).lstrip("-").isdigit() else 0, str(kv[0])))
+        lines += ["| id | label |", "|---|---|"] + [f"| {_fmt(k)} | {_fmt(v)} |" for k, v in items]
+    else:
+        lines.append("No label names were given.")
+    lines += ["", "## Evaluation results", ""] + _eval_table(log_history)
+    lines += ["", "## Training hyperparameters", ""] + _hyperparameter_lines(hyperparameters)
+    lines += ["", "## Framework versions", ""]
+    for label, dist in (("tuneforge", None), ("torch", "torch"), ("tokenizers", "tokenizers"), ("datasets", "datasets")):
+        version = _tuneforge_version() if dist is None else (_version(dist) or "not installed")
+        lines.append(f"- {label}: {version}")
+    lines.append(f"- python: {platform.python_version()}")
+    path = folder / "README.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

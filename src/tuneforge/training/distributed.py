@@ -1,0 +1,108 @@
+"""Data parallelism under torchrun: process group, rank helpers and model wrapping, all in one place. With no
+torchrun environment every helper is a no-op and the Trainer runs as one process."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This rank's contiguous part of a global batch; the parts differ in size by at most one."""
+        if not self.active:
+            return batch
+        bounds = np.linspace(0, len(batch), self.world_size + 1).round().astype(int)
+        return batch[bounds[self.rank]:bounds[self.rank + 1]]
+
+    def no_sync(self, model, skip: bool):
+        """Skip the gradient all-reduce on the non-final micro-steps of an accumulation window."""
+        if self.active and skip and hasattr(model, "no_sync"):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Each rank's loss is scaled by world_size/global count, so the global mean is the sum / world_size."""
+        if not self.active:
+            return value
+        value = value.clone()
+        tdist.all_reduce(value)
+        return value / self.world_size
+
+    def barrier(self) -> None:
+        if self.active:
+            tdist.barrier()
+
+    def gather_predictions(self, predictions, labels, loss_sum: float, loss_count: int, indices: list[int], n: int):
+        """Every example exactly once: each rank filled the rows of its own batches; rank parts are merged."""
+        if not self.active:
+            return predictions, labels, loss_sum, loss_count
+        rows = np.asarray(indices, dtype=np.int64)
+        mine = (rows, None if predictions is None else predictions[rows], None if labels is None else labels[rows],
+                loss_sum, loss_count)
+        parts = [None] * self.world_size
+        tdist.all_gather_object(parts, mine)
+        predictions = labels = None
+        loss_sum, loss_count = 0.0, 0
+        for rows, preds, labs, part_loss, part_count in parts:
+            loss_sum, loss_count = loss_sum + part_loss, loss_count + part_count
+            if preds is not None:
+                if predictions is None:
+                    predictions = np.zeros((n, *preds.shape[1:]), dtype=preds.dtype)
+                predictions[rows] = preds
+            if labs is not None:
+                if labels is None:
+                    labels = np.zeros((n, *labs.shape[1:]), dtype=labs.dtype)
+                labels[rows] = labs
+        return predictions, labels, loss_sum, loss_count
+
+    def wrap(self, model: torch.nn.Module, args) -> torch.nn.Module:
+        if not self.active:
+            return model
+        if args.fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for block in _blocks(model):
+                fully_shard(block)
+            return fully_shard(model)
+        from torch.nn.parallel import DistributedDataParallel
+        device_ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks (children of a ModuleList named 'layer'): FSDP's unit of sharding."""
+    return [m for name, lst in model.named_modules() if name.endswith("layer") and isinstance(lst, torch.nn.ModuleList)
+            for m in lst]
+
+
+def setup(args) -> Distributed:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and not args.use_cpu
+    if world_size == 1:
+        return Distributed(device=torch.device("cuda" if use_cuda else "cpu"))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=args.ddp_timeout))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)

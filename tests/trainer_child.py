@@ -1,0 +1,66 @@
+"""A training run in its own process, for the resume tests: it can SIGKILL itself right after a checkpoint or
+in the middle of writing one. Writes final weights and log history to OUTPUT/result/."""
+import json
+import os
+import signal
+import sys
+
+import torch
+
+from tuneforge import Trainer, TrainerCallback, TrainingArguments
+from tuneforge.models.bert import BertConfig, BertForSequenceClassification
+
+
+def make_data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(3, 12, (1,), generator=g))
+        ids = torch.randint(5, 99, (length,), generator=g).tolist()
+        rows.append({"input_ids": ids, "attention_mask": [1] * length, "label": int(ids[0] % 3)})
+    return rows
+
+
+class KillAfterSave(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_while_saving(step):
+    """SIGKILL once the checkpoint's optimizer state is on disk but before the folder is complete."""
+    real_save = torch.save
+
+    def save(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        if f"checkpoint-{step}" in str(path) and str(path).endswith("optimizer.pt"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    torch.save = save
+
+
+def main(output_dir, mode, step):
+    callbacks = []
+    if mode == "kill_after_save":
+        callbacks.append(KillAfterSave(step))
+    elif mode == "kill_while_saving":
+        kill_while_saving(step)
+    args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                             max_steps=12, save_steps=4, logging_steps=1, learning_rate=1e-3, seed=7,
+                             disable_tqdm=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64, num_labels=3)  # dropout 0.1 stays on
+    model = BertForSequenceClassification.from_config(config)
+    trainer = Trainer(model=model, args=args, train_dataset=make_data(), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
+    result = os.path.join(output_dir, "result")
+    trainer.save_model(result)
+    with open(os.path.join(result, "log_history.json"), "w") as f:
+        json.dump(trainer.state.log_history, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
