@@ -45,23 +45,21 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(output_dir: str | Path, *, model, processing_class, optimizer, scheduler, state: TrainerState,
                     args, dist) -> Path:
-    """Rank 0 writes the folder; every other rank adds its RNG state before rank 0 renames it into place."""
+    """Only rank 0 writes; it gathers every rank's RNG state first so each rank resumes its own dropout stream."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{state.global_step}"
-    tmp = output_dir / f".tmp-checkpoint-{state.global_step}"
+    rng_states = [] if args.save_only_model else dist.all_gather_object(rng_state())
     if dist.is_main:
+        tmp = output_dir / f".tmp-checkpoint-{state.global_step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_model_folder(tmp, model, processing_class, args)
         if not args.save_only_model:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            for rank, states in enumerate(rng_states):
+                torch.save(states, tmp / rng_file_name(rank))
         state.save_to_json(tmp / "trainer_state.json")
-    dist.barrier()
-    if not args.save_only_model:
-        torch.save(rng_state(), tmp / (f"rng_state_{dist.rank}.pth" if dist.rank else "rng_state.pth"))
-    dist.barrier()
-    if dist.is_main:
         if final.exists():  # re-saving a step after a resume: swap, never leave a moment without a complete folder
             stale = output_dir / f".stale-checkpoint-{state.global_step}"
             shutil.rmtree(stale, ignore_errors=True)
@@ -72,6 +70,10 @@ def save_checkpoint(output_dir: str | Path, *, model, processing_class, optimize
             os.replace(tmp, final)
     dist.barrier()
     return final
+
+
+def rng_file_name(rank: int) -> str:
+    return f"rng_state_{rank}.pth" if rank else "rng_state.pth"
 
 
 def save_model_folder(folder: Path, model, processing_class, args) -> None:
@@ -95,7 +97,7 @@ def load_checkpoint(folder: Path, *, model, optimizer, scheduler, rank: int = 0)
         raise FileNotFoundError(f"{folder} holds only the model (save_only_model=True): it cannot resume training")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng_file = folder / (f"rng_state_{rank}.pth" if rank else "rng_state.pth")
+    rng_file = folder / rng_file_name(rank)
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return TrainerState.load_from_json(folder / "trainer_state.json")

@@ -48,6 +48,13 @@ class Distributed:
         tdist.all_reduce(value)
         return value / self.world_size
 
+    def all_gather_object(self, obj) -> list:
+        if not self.active:
+            return [obj]
+        parts = [None] * self.world_size
+        tdist.all_gather_object(parts, obj)
+        return parts
+
     def barrier(self) -> None:
         if self.active:
             tdist.barrier()
@@ -59,8 +66,7 @@ class Distributed:
         rows = np.asarray(indices, dtype=np.int64)
         mine = (rows, None if predictions is None else predictions[rows], None if labels is None else labels[rows],
                 loss_sum, loss_count)
-        parts = [None] * self.world_size
-        tdist.all_gather_object(parts, mine)
+        parts = self.all_gather_object(mine)
         predictions = labels = None
         loss_sum, loss_count = 0.0, 0
         for rows, preds, labs, part_loss, part_count in parts:

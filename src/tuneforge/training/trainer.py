@@ -427,7 +427,9 @@ class Trainer:
         order, so memory holds the predictions and nothing else grows across steps."""
         rows = self._rows(dataset, name)
         self._wrap_model()
-        model = self.model_wrapped
+        # Inference needs no gradient sync: the bare model (compiled if asked) avoids DDP's collectives, so ranks
+        # with fewer batches do not wait on each other.
+        model = self.model_wrapped if self.args.torch_compile and not self.dist.active else self.model
         lengths = self._lengths(dataset)
         bs = self.args.per_device_eval_batch_size
         batches = (sorted_batches(lengths, bs) if lengths is not None
