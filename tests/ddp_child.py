@@ -1,6 +1,7 @@
 """One training job, run either as a single process or under torchrun, for the data-parallel tests.
 
 Usage: ddp_child.py OUTPUT_DIR PER_DEVICE_BATCH [kill_rank1_at_step]
+Environment: TEST_FSDP=1 shards with FSDP; TEST_ACCUM=k accumulates k micro-batches.
 Rank 0 writes OUTPUT_DIR/result/{log_history.json, eval.json, model.safetensors}. Every rank but 0 records
 through an audit hook any attempt to write under OUTPUT_DIR, and fails if there was one."""
 import json
@@ -44,11 +45,13 @@ class KillAt(TrainerCallback):
 
 
 def main(output_dir, batch, kill_at=None):
+    accum = int(os.environ.get("TEST_ACCUM", "1"))
     rank = int(os.environ.get("RANK", 0))
     violations = forbid_writes_under(output_dir) if rank else []
     args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch, per_device_eval_batch_size=8,
                              max_steps=12, save_steps=6, logging_steps=1, learning_rate=1e-3, seed=3,
-                             eval_strategy="steps", eval_steps=6, disable_tqdm=True, ddp_timeout=60)
+                             eval_strategy="steps", eval_steps=6, disable_tqdm=True, ddp_timeout=60,
+                             fsdp=os.environ.get("TEST_FSDP") == "1", gradient_accumulation_steps=accum)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=37, max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0,

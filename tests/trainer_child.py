@@ -47,7 +47,8 @@ def main(output_dir, mode, step):
         callbacks.append(KillAfterSave(step))
     elif mode == "kill_while_saving":
         kill_while_saving(step)
-    args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+    batch = int(os.environ.get("TEST_BATCH", "4"))  # 2 under torchrun with two workers: the same global batch
+    args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=2,
                              max_steps=12, save_steps=4, logging_steps=1, learning_rate=1e-3, seed=7,
                              disable_tqdm=True)
     torch.manual_seed(0)
@@ -58,6 +59,8 @@ def main(output_dir, mode, step):
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
     result = os.path.join(output_dir, "result")
     trainer.save_model(result)
+    if not trainer.dist.is_main:
+        return
     with open(os.path.join(result, "log_history.json"), "w") as f:
         json.dump(trainer.state.log_history, f)
 

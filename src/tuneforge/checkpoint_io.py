@@ -250,25 +250,31 @@ class PreTrainedModel(nn.Module):
         config.name_or_path = str(name_or_path)
         return model.eval()
 
-    def save_pretrained(self, folder, *, push_to_hub: bool = False, repo_id: str | None = None,
-                        token: str | None = None, **_ignored) -> Path:
+    def save_pretrained(self, folder, *, state_dict: dict | None = None, push_to_hub: bool = False,
+                        repo_id: str | None = None, token: str | None = None, **_ignored) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
         config = {k: v for k, v in self.config.to_dict().items() if k != "name_or_path"}
         atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
-        save_state_dict(self.state_dict(), folder / "model.safetensors")
+        save_state_dict(self.state_dict() if state_dict is None else state_dict, folder / "model.safetensors")
         if push_to_hub:
             self.push_to_hub(repo_id or folder.name, token=token)
         return folder
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload model with tuneforge") -> str:
+                    commit_message: str = "Upload model with tuneforge", revision: str | None = None) -> str:
+        """Save the model (config.json + model.safetensors) and upload it to the hub repo `repo_id` in one commit.
+
+        The repo is created if missing (a bare name goes to the token owner's namespace); `revision` names a
+        branch. Returns the commit URL; failures raise `tuneforge.hub.HubError` (an OSError, one line, no token).
+        """
         from .hub import push_folder
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix="tuneforge-model-") as tmp:
             self.save_pretrained(tmp)
-            return push_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message)
+            return push_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message,
+                               revision=revision)
 
     def gradient_checkpointing_enable(self) -> None:
         for module in self.modules():

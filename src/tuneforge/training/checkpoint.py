@@ -49,13 +49,15 @@ def save_checkpoint(output_dir: str | Path, *, model, processing_class, optimize
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{state.global_step}"
     rng_states = [] if args.save_only_model else dist.all_gather_object(rng_state())
+    weights = dist.model_state_dict(model)
+    optimizer_state = None if args.save_only_model else dist.optimizer_state_dict(model, optimizer)
     if dist.is_main:
         tmp = output_dir / f".tmp-checkpoint-{state.global_step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model_folder(tmp, model, processing_class, args)
+        save_model_folder(tmp, model, processing_class, args, weights)
         if not args.save_only_model:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             for rank, states in enumerate(rng_states):
                 torch.save(states, tmp / rng_file_name(rank))
@@ -76,28 +78,28 @@ def rng_file_name(rank: int) -> str:
     return f"rng_state_{rank}.pth" if rank else "rng_state.pth"
 
 
-def save_model_folder(folder: Path, model, processing_class, args) -> None:
+def save_model_folder(folder: Path, model, processing_class, args, weights: dict | None = None) -> None:
     """What save_model() and every checkpoint hold: a folder from_pretrained loads."""
     folder.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=weights)
     else:
         from ..checkpoint_io import save_state_dict
-        save_state_dict(model.state_dict(), folder / "model.safetensors")
+        save_state_dict(weights if weights is not None else model.state_dict(), folder / "model.safetensors")
     if processing_class is not None and hasattr(processing_class, "save_pretrained"):
         processing_class.save_pretrained(folder)
     atomic_write(folder / "training_args.json",
                  lambda tmp: Path(tmp).write_text(args.to_json_string() + "\n", encoding="utf-8"))
 
 
-def load_checkpoint(folder: Path, *, model, optimizer, scheduler, rank: int = 0) -> TrainerState:
+def load_checkpoint(folder: Path, *, model, optimizer, scheduler, dist) -> TrainerState:
     from ..checkpoint_io import load_state_dict
-    model.load_state_dict(load_state_dict(folder), strict=True)
     if not (folder / "optimizer.pt").is_file():
         raise FileNotFoundError(f"{folder} holds only the model (save_only_model=True): it cannot resume training")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    dist.load_model_state_dict(model, load_state_dict(folder))
+    dist.load_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng_file = folder / rng_file_name(rank)
+    rng_file = folder / rng_file_name(dist.rank)
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return TrainerState.load_from_json(folder / "trainer_state.json")

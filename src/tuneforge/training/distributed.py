@@ -18,6 +18,7 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    fsdp: bool = False  # set by wrap(): parameters are sharded, so state dicts and forwards are collective
 
     @property
     def is_main(self) -> bool:
@@ -36,8 +37,12 @@ class Distributed:
 
     def no_sync(self, model, skip: bool):
         """Skip the gradient all-reduce on the non-final micro-steps of an accumulation window."""
-        if self.active and skip and hasattr(model, "no_sync"):
+        if not (self.active and skip):
+            return contextlib.nullcontext()
+        if hasattr(model, "no_sync"):  # DDP
             return model.no_sync()
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+            return _fsdp_no_sync(model)
         return contextlib.nullcontext()
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
@@ -88,10 +93,50 @@ class Distributed:
             from torch.distributed.fsdp import fully_shard
             for block in _blocks(model):
                 fully_shard(block)
+            self.fsdp = True
             return fully_shard(model)
         from torch.nn.parallel import DistributedDataParallel
         device_ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
+
+
+    # Under FSDP every rank takes part in gathering full (unsharded) states; elsewhere these are plain calls.
+
+    def model_state_dict(self, model: torch.nn.Module) -> dict:
+        if not self.fsdp:
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_model_state_dict(self, model: torch.nn.Module, state: dict) -> None:
+        if not self.fsdp:
+            model.load_state_dict(state, strict=True)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+    def optimizer_state_dict(self, model: torch.nn.Module, optimizer) -> dict:
+        if not self.fsdp:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state_dict(self, model: torch.nn.Module, optimizer, state: dict) -> None:
+        if not self.fsdp:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

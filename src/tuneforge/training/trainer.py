@@ -81,7 +81,7 @@ class Trainer:
             defaults.append(TensorBoardCallback)
         self.callback_handler = CallbackHandler(defaults + list(callbacks or []), model=self.model,
                                                 processing_class=self.processing_class)
-        self.model_wrapped = self.model
+        self.model_wrapped, self._wrapped = self.model, False
         self._lengths_cache: dict[int, np.ndarray] = {}
         self.control = self.callback_handler.call("on_init_end", self.args, self.state, self.control)
 
@@ -238,7 +238,7 @@ class Trainer:
         resume = checkpoint.resolve_resume(args.output_dir, resume_from_checkpoint)
         if resume is not None:
             self.state = state = checkpoint.load_checkpoint(resume, model=self.model, optimizer=self.optimizer,
-                                                            scheduler=self.lr_scheduler, rank=self.dist.rank)
+                                                            scheduler=self.lr_scheduler, dist=self.dist)
             logger.info(f"resumed from {resume} at step {state.global_step}")
         state.max_steps, state.num_train_epochs = max_steps, num_epochs
         state.train_batch_size = args.per_device_train_batch_size
@@ -292,7 +292,7 @@ class Trainer:
         runtime = time.perf_counter() - start_time
         if args.load_best_model_at_end and state.best_model_checkpoint:
             from ..checkpoint_io import load_state_dict
-            self.model.load_state_dict(load_state_dict(Path(state.best_model_checkpoint)), strict=True)
+            self.dist.load_model_state_dict(self.model, load_state_dict(Path(state.best_model_checkpoint)))
             logger.info(f"loaded the best model from {state.best_model_checkpoint} "
                         f"({args.metric_for_best_model}={state.best_metric})")
         steps_done = state.global_step - start_step
@@ -336,7 +336,8 @@ class Trainer:
         if control.should_log and state.steps_since_log:
             logs = {"loss": round(state.loss_since_log / state.steps_since_log, 4)}
             if self._grad_norm is not None:
-                logs["grad_norm"] = float(self._grad_norm)
+                norm = self._grad_norm
+                logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
             state.loss_since_log, state.steps_since_log = 0.0, 0
             self.log(logs)
@@ -378,13 +379,16 @@ class Trainer:
             checkpoint.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit,
                                           state.best_model_checkpoint)
             if self.args.push_to_hub and self.args.hub_strategy == "every_save":
-                self._push_folder(folder, f"Training in progress, step {state.global_step}")
+                self._push_folder(folder, f"Training in progress, epoch {int(state.epoch or 0)}"
+                                  if self.args.save_strategy == "epoch" else
+                                  f"Training in progress, step {state.global_step}")
         self.control = self.callback_handler.call("on_save", self.args, state, self.control)
 
     def _wrap_model(self) -> None:
         """Everything applied from outside the model code, in one place: checkpointing, compile, DDP/FSDP."""
-        if self.model_wrapped is not self.model:
+        if self._wrapped:
             return
+        self._wrapped = True
         if self.args.gradient_checkpointing:
             if not hasattr(self.model, "gradient_checkpointing_enable"):
                 raise ValueError(f"gradient_checkpointing=True but {type(self.model).__name__} has no "
@@ -435,17 +439,22 @@ class Trainer:
         batches = (sorted_batches(lengths, bs) if lengths is not None
                    else [list(range(i, min(i + bs, len(rows)))) for i in range(0, len(rows), bs)])
         mine = batches[self.dist.rank::self.dist.world_size]
+        # Sharded forwards are collective: under FSDP every rank runs as many batches, repeats discarded.
+        rounds = math.ceil(len(batches) / self.dist.world_size) if self.dist.fsdp else len(mine)
+        repeats = [batches[0]] * (rounds - len(mine))
         predictions = labels = None
         loss_sum, loss_count = 0.0, 0
         start = time.perf_counter()
         was_training = model.training
         model.eval()
-        loader = self._loader(rows, mine)
+        loader = self._loader(rows, mine + repeats)
         with torch.inference_mode(), self._autocast():
-            for indices, batch in zip(mine, loader):
+            for k, (indices, batch) in enumerate(zip(mine + repeats, loader)):
                 batch = self._to_device(batch)
                 batch_labels = batch.get("labels")
                 outputs = model(**batch)
+                if k >= len(mine):
+                    continue
                 loss, logits = _loss_and_logits(outputs)
                 if loss is not None and batch_labels is not None:
                     loss_sum += float(loss) * len(indices)
@@ -490,9 +499,10 @@ class Trainer:
         self.control = self.callback_handler.call("on_log", self.args, self.state, self.control, logs=logs)
 
     def save_model(self, output_dir: str | None = None) -> None:
+        weights = self.dist.model_state_dict(self.model)  # collective under FSDP
         if self.dist.is_main:
             checkpoint.save_model_folder(Path(output_dir or self.args.output_dir), self.model,
-                                         self.processing_class, self.args)
+                                         self.processing_class, self.args, weights)
         self.dist.barrier()
 
     def save_state(self) -> None:
@@ -500,24 +510,52 @@ class Trainer:
             self.state.save_to_json(Path(self.args.output_dir) / "trainer_state.json")
 
     def _push_folder(self, folder: Path, message: str) -> None:
-        from ..hub import push_folder
-        push_folder(folder, self.args.hub_model_id, token=self.args.hub_token, private=self.args.hub_private_repo,
-                    commit_message=message)
+        """hub_strategy="every_save": push a checkpoint just saved, in one commit: its model files (config, weights,
+        tokenizer, training_args.json) to the repo root and the whole checkpoint under last-checkpoint/, replacing
+        the previous one (what the reference's "checkpoint" strategy keeps, so a run can resume from the hub).
+        A failed push must not stop training: it is logged as one warning and the next save tries again; the
+        push at the end of training raises if the hub is still unreachable."""
+        from ..hub import HubError, push_checkpoint
+        try:
+            push_checkpoint(folder, self.args.hub_model_id or Path(self.args.output_dir).resolve().name,
+                            token=self.args.hub_token, private=self.args.hub_private_repo, commit_message=message)
+        except HubError as err:
+            logger.warning(f"{err}; training goes on, the next save and the end of training push again")
 
-    def push_to_hub(self, commit_message: str = "End of training", **card_fields) -> str | None:
-        """Save the model with a model card in output_dir and upload that folder to args.hub_model_id."""
+    def push_to_hub(self, commit_message: str = "End of training", token: str | None = None,
+                    **card_fields) -> str | None:
+        """Save the model in output_dir with a model card (README.md), then upload it to args.hub_model_id (created
+        if missing; a bare name goes to the token owner's namespace) in one commit.
+
+        What is uploaded is the model folder only: the top-level config, weights, tokenizer, training_args.json
+        (secrets masked) and README.md of output_dir, never checkpoint-* folders, logs or trainer_state.json
+        (tuneforge.hub.model_files). `card_fields` go to the card: base_model (alias finetuned_from; default the
+        model's name_or_path), dataset (default the train_dataset's name when it has one). The model stays saved
+        in output_dir whatever happens; a failed upload raises tuneforge.hub.HubError (an OSError) with one line
+        naming the hub, the repo and that local copy, and never the token. Returns the commit URL (None on
+        processes other than the main one)."""
+        self.save_model()  # on every process: it ends with a barrier
         if not self.dist.is_main:
             return None
-        from ..hub import push_folder, write_model_card
-        self.save_model()
+        from ..hub import HubError, dataset_name, model_files, push_files, write_model_card
+        args = self.args
+        repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
         self.save_state()
         config = getattr(self.model, "config", None)
-        write_model_card(self.args.output_dir, repo_id=self.args.hub_model_id,
-                         base_model=getattr(config, "name_or_path", None), log_history=self.state.log_history,
-                         hyperparameters=_hyperparameters(self.args),
-                         id2label=getattr(config, "id2label", None), **card_fields)
-        return push_folder(self.args.output_dir, self.args.hub_model_id, token=self.args.hub_token,
-                           private=self.args.hub_private_repo, commit_message=commit_message)
+        if "finetuned_from" in card_fields:
+            card_fields.setdefault("base_model", card_fields.pop("finetuned_from"))
+        card = {"repo_id": repo_id, "base_model": getattr(config, "name_or_path", None),
+                "dataset": dataset_name(self.train_dataset), "log_history": self.state.log_history,
+                "hyperparameters": _hyperparameters(args), "id2label": getattr(config, "id2label", None)}
+        card.update(card_fields)
+        write_model_card(args.output_dir, **card)
+        try:
+            return push_files(model_files(args.output_dir), repo_id, token=token or args.hub_token,
+                              private=args.hub_private_repo, commit_message=commit_message, source=args.output_dir)
+        except HubError as err:
+            raise HubError(f"{err}; the model is saved in {args.output_dir!r}: call trainer.push_to_hub() to try "
+                           "again", endpoint=err.endpoint, repo_id=err.repo_id, reason=err.reason,
+                           original=err.original) from None
 
 
 def _loss_and_logits(outputs):
