@@ -42,3 +42,37 @@ def sst2():
     if not (SST2_DIR / "train.tsv").exists():
         pytest.skip(f"SST-2 data not found at {SST2_DIR}")
     return read_sst2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The hub test server (tests/hub_server.py) on 127.0.0.1, shared by test_hub.py and test_hub_training.py
+# ---------------------------------------------------------------------------------------------------------------
+HUB_ENV_CLEARED = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+                   "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH")
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    pytest.importorskip("huggingface_hub")
+    from hub_testing import start_server, stop_server
+
+    try:
+        proc, server = start_server(tmp_path_factory.mktemp("hub-server"))
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        yield server
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture
+def hub_env(hub_server, tmp_path, monkeypatch):
+    """HF_ENDPOINT -> the test server, HF_HOME -> a fresh folder, no token or offline mode in the environment."""
+    for var in HUB_ENV_CLEARED:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    return hub_server

@@ -10,12 +10,8 @@ import json
 import logging
 import os
 import secrets
-import select
-import socket
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,80 +22,9 @@ pytest.importorskip("huggingface_hub")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from tuneforge import hub  # noqa: E402
+from hub_testing import LFS_THRESHOLD, QUICK, TOKEN, closed_port_endpoint, unique_repo  # noqa: E402
 
-SERVER_SCRIPT = Path(__file__).with_name("hub_server.py")
-# The write token the server accepts; also the "planted" secret that must never leak.
-TOKEN = "hf_PlantedTuneforgeSecret" + secrets.token_hex(12)
-LFS_THRESHOLD = 64 * 1024  # files this size or larger go through the server's LFS flow
-QUICK = 10.0  # seconds: an unreachable hub must fail faster than this
-
-
-@dataclasses.dataclass
-class HubServer:
-    endpoint: str
-    log_path: Path
-    data_dir: Path
-
-
-@pytest.fixture(scope="session")
-def hub_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hub-server")
-    token_file = root / "tokens.txt"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
-    log_path = root / "server.log"
-    cmd = [
-        sys.executable, str(SERVER_SCRIPT),
-        "--data-dir", str(root / "data"),
-        "--port", "0",
-        "--token-file", str(token_file),
-        "--lfs-threshold", str(LFS_THRESHOLD),
-        "--max-lifetime", "900",
-        "--parent-pid", str(os.getpid()),
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline() if ready else b""
-        if not line:
-            proc.kill()
-            pytest.fail(f"hub test server did not start: {log_path.read_text()[-2000:]}")
-        info = json.loads(line)
-        yield HubServer(endpoint=info["endpoint"], log_path=log_path, data_dir=root / "data")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        proc.stdout.close()
-
-
-@pytest.fixture
-def hub_env(hub_server, tmp_path, monkeypatch):
-    """HF_ENDPOINT -> the test server, HF_HOME -> a fresh folder, no token or offline mode in the environment."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
-                "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    return hub_server
-
-
-def closed_port_endpoint() -> str:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # never listened: connections are refused at once
-    return f"http://127.0.0.1:{port}"
-
-
-def unique_repo(prefix: str) -> str:
-    return f"tf-org/{prefix}-{uuid.uuid4().hex[:8]}"
+# The hub_server and hub_env fixtures are in conftest.py.
 
 
 def make_checkpoint(folder: Path, *, scale: float = 1.0, big: bool = False) -> Path:
@@ -370,7 +295,7 @@ def test_model_card(hub_env, tmp_path):
     assert len(table) == 4  # header, separator, one row per evaluation
     assert table[2] == "| 1.0 | 20 | 0.4100 | 0.8000 |" and table[3] == "| 2.0 | 40 | 0.3000 | 0.9000 |"
 
-    assert "- learning_rate: 2.000e-05" in text and "- num_train_epochs: 2" in text and "- optim: adamw_torch" in text
+    assert "- learning_rate: 2e-05" in text and "- num_train_epochs: 2" in text and "- optim: adamw_torch" in text
     assert "hub_token" not in text and "num_tokens" not in text  # keys containing "token" are never written
     assert TOKEN not in text
     versions = text.split("## Framework versions")[1]

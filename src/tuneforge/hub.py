@@ -5,7 +5,13 @@ importing tuneforge never needs it; other modules import this one lazily.
 
 Settings are read from the environment at *call* time, not when ``huggingface_hub`` was imported
 (it reads several of them once, at import): ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``,
-``HF_HUB_OFFLINE``, ``HF_TOKEN`` and ``HF_TOKEN_PATH`` are resolved here and passed explicitly.
+``HF_HUB_OFFLINE``, ``HF_TOKEN`` and ``HF_TOKEN_PATH`` are resolved here and passed explicitly, and
+``HF_HUB_DISABLE_XET``, when set, is applied to huggingface_hub before each transfer.
+
+Pushing a training run (what ``Trainer`` uses): :func:`model_files` picks the model out of an output folder
+(top-level config, weights, tokenizer, training_args.json and README.md; never logs, training state or
+``checkpoint-*``), :func:`push_files` uploads such a selection in one commit, and :func:`push_checkpoint`
+uploads a checkpoint as the model at the repo root plus the whole checkpoint under ``last-checkpoint/``.
 
 Tokens are never printed, logged, written to a file by this module (except by :func:`login`, which
 stores it where ``huggingface_hub`` keeps it) or put in an exception message.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import importlib.metadata
 import logging
 import math
@@ -32,6 +39,10 @@ __all__ = [
     "login",
     "resolve_folder",
     "push_folder",
+    "push_files",
+    "push_checkpoint",
+    "model_files",
+    "dataset_name",
     "write_model_card",
     "redact",
 ]
@@ -330,6 +341,7 @@ def resolve_folder(
         return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=name, reason=reason,
                         original=original)
 
+    _sync_xet_setting()
     try:
         from huggingface_hub import snapshot_download
 
@@ -353,6 +365,59 @@ def resolve_folder(
     return folder
 
 
+_XET_OVERRIDE: dict[str, bool] = {}  # "saved": huggingface_hub's own value, while ours is applied
+
+
+def _sync_xet_setting() -> None:
+    """Apply ``HF_HUB_DISABLE_XET`` as it is now (huggingface_hub reads it once, at import); once it is unset
+    again, put back huggingface_hub's own value."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    value = os.environ.get("HF_HUB_DISABLE_XET")
+    with _SETTINGS_LOCK:
+        if value is None:
+            if "saved" in _XET_OVERRIDE:
+                constants.HF_HUB_DISABLE_XET = _XET_OVERRIDE.pop("saved")
+            return
+        _XET_OVERRIDE.setdefault("saved", constants.HF_HUB_DISABLE_XET)
+        constants.HF_HUB_DISABLE_XET = value.strip().lower() in _TRUE
+
+
+def _push(source: str, repo_id: str, token, private, revision, commit):
+    """Create ``repo_id`` if missing (a bare name goes to the token's own namespace), make the branch
+    ``revision`` if needed, then run ``commit(api, full_repo_id)``. Errors become one-line :class:`HubError`."""
+    endpoint = _endpoint()
+    hub_token = _token(token)
+
+    def fail(reason: str, original: BaseException | None = None):
+        reason = _scrub(reason, token, hub_token)
+        message = f"could not push {source!r} to {repo_id!r} on the hub at {endpoint} ({reason})"
+        return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=repo_id, reason=reason,
+                        original=original)
+
+    if _offline():
+        raise fail("offline mode is on: unset HF_HUB_OFFLINE to push")
+    _sync_xet_setting()
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint, token=hub_token, library_name="tuneforge",
+                    library_version=_tuneforge_version())
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        full_id = getattr(url, "repo_id", None) or repo_id
+        if revision and revision != "main":
+            api.create_branch(full_id, branch=revision, exist_ok=True, repo_type="model")
+        info = commit(api, full_id)
+    except HubError:
+        raise
+    except Exception as err:
+        raise fail(_reason(err, revision=revision, has_token=_has_token(hub_token)), err) from None
+    logger.info("Pushed %s to %s on %s", source, full_id, endpoint)
+    return info
+
+
 def push_folder(
     folder,
     repo_id: str,
@@ -361,46 +426,125 @@ def push_folder(
     private: bool | None = None,
     commit_message: str = "Upload with tuneforge",
     revision: str | None = None,
+    allow_patterns: Iterable[str] | str | None = None,
+    ignore_patterns: Iterable[str] | str | None = None,
+    delete_patterns: Iterable[str] | str | None = None,
 ) -> str:
     """Upload the files of ``folder`` to the hub repo ``repo_id`` (created if missing) in one commit.
 
-    ``revision`` names a branch, created from ``main`` if missing. Returns the commit URL (a ``str``; with
-    huggingface_hub it is a ``CommitInfo`` whose ``.oid`` is the commit id). Failures raise
-    :class:`HubError` with one line naming the endpoint and the repo id.
+    ``repo_id`` is ``namespace/name``, or a bare ``name`` for the token owner's namespace. ``revision`` names
+    a branch, created from ``main`` if missing. ``allow_patterns`` / ``ignore_patterns`` / ``delete_patterns``
+    are huggingface_hub's (fnmatch on paths relative to ``folder``, where ``*`` also matches ``/``). Returns
+    the commit URL (a ``str``; with huggingface_hub it is a ``CommitInfo`` whose ``.oid`` is the commit id and
+    ``.repo_url.repo_id`` the full repo id). Failures raise :class:`HubError` with one line naming the endpoint
+    and the repo id.
     """
     folder = Path(os.fspath(folder)).expanduser()
-    endpoint = _endpoint()
-    hub_token = _token(token)
-
-    def fail(reason: str, original: BaseException | None = None):
-        reason = _scrub(reason, token, hub_token)
-        message = f"could not push {str(folder)!r} to {repo_id!r} on the hub at {endpoint} ({reason})"
-        return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=repo_id, reason=reason,
-                        original=original)
-
     if not folder.is_dir():
-        raise fail("not a folder")
-    if _offline():
-        raise fail("offline mode is on: unset HF_HUB_OFFLINE to push")
-    try:
-        from huggingface_hub import HfApi
+        raise HubError(f"could not push {str(folder)!r} to {repo_id!r} on the hub at {_endpoint()} (not a folder)",
+                       endpoint=_endpoint(), repo_id=repo_id, reason="not a folder")
 
-        api = HfApi(endpoint=endpoint, token=hub_token, library_name="tuneforge",
-                    library_version=_tuneforge_version())
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision and revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            commit_message=commit_message,
-            revision=revision,
-            repo_type="model",
-        )
-    except Exception as err:
-        raise fail(_reason(err, revision=revision, has_token=_has_token(hub_token)), err) from None
-    logger.info("Pushed %s to %s on %s", folder, repo_id, endpoint)
-    return info
+    def commit(api, full_id):
+        return api.upload_folder(repo_id=full_id, folder_path=str(folder), commit_message=commit_message,
+                                 revision=revision, repo_type="model", allow_patterns=_patterns(allow_patterns),
+                                 ignore_patterns=_patterns(ignore_patterns),
+                                 delete_patterns=_patterns(delete_patterns))
+
+    return _push(str(folder), repo_id, token, private, revision, commit)
+
+
+def push_files(
+    files: Mapping[str, Any],
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload with tuneforge",
+    revision: str | None = None,
+    delete_patterns: Iterable[str] | str | None = None,
+    source: str | None = None,
+) -> str:
+    """Upload ``files`` (path in the repo -> local file) to ``repo_id`` (created if missing) in one commit.
+
+    Files already in the repo that match ``delete_patterns`` (fnmatch on their repo path) and are not being
+    uploaded are deleted in the same commit. ``source`` names what is pushed in error messages. Returns the
+    commit URL like :func:`push_folder`; failures raise :class:`HubError`.
+    """
+    files = {str(k).replace(os.sep, "/"): Path(os.fspath(v)) for k, v in files.items()}
+    source = source or ", ".join(sorted(files)) or "nothing"
+    missing = sorted(k for k, v in files.items() if not v.is_file())
+    if missing or not files:
+        reason = f"not a file: {', '.join(missing)}" if missing else "no files to push"
+        raise HubError(f"could not push {source!r} to {repo_id!r} on the hub at {_endpoint()} ({reason})",
+                       endpoint=_endpoint(), repo_id=repo_id, reason=reason)
+    deletes = _patterns(delete_patterns) or []
+
+    def commit(api, full_id):
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        operations = [CommitOperationAdd(path_in_repo=k, path_or_fileobj=str(v)) for k, v in sorted(files.items())]
+        if deletes:
+            remote = api.list_repo_files(full_id, revision=revision, repo_type="model")
+            operations += [CommitOperationDelete(path_in_repo=name) for name in remote
+                           if name not in files and any(fnmatch.fnmatch(name, p) for p in deletes)]
+        return api.create_commit(repo_id=full_id, operations=operations, commit_message=commit_message,
+                                 revision=revision, repo_type="model")
+
+    return _push(source, repo_id, token, private, revision, commit)
+
+
+def _patterns(patterns) -> list[str] | None:
+    if patterns is None:
+        return None
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+#: Files of a training output or checkpoint folder that are not part of the model: hidden and temporary
+#: files, logs, and the state needed only to resume training.
+NOT_MODEL_FILES = (".*", "_*", "*.tmp", "*.log", "*.jsonl", "events.out.tfevents.*", "trainer_state.json",
+                   "optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
+#: Where :func:`push_checkpoint` puts the whole latest checkpoint in the repo (as the reference's
+#: ``hub_strategy="checkpoint"`` does), so training can be resumed from the hub.
+LAST_CHECKPOINT = "last-checkpoint"
+
+
+def model_files(folder) -> dict[str, Path]:
+    """The model folder inside a training output folder: its top-level files (config, weights, tokenizer,
+    training_args.json, README.md, ...) without logs, training state, checkpoint-* or other subfolders."""
+    folder = Path(os.fspath(folder)).expanduser()
+    return {p.name: p for p in sorted(folder.iterdir())
+            if p.is_file() and not any(fnmatch.fnmatch(p.name, pattern) for pattern in NOT_MODEL_FILES)}
+
+
+def push_checkpoint(folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str | None = None, revision: str | None = None) -> str:
+    """Push a training checkpoint in one commit: its model files (:func:`model_files`) to the repo root, and
+    the whole checkpoint (optimizer, scheduler, RNG and trainer state too) under ``last-checkpoint/``,
+    replacing the previous one there."""
+    folder = Path(os.fspath(folder)).expanduser()
+    if not folder.is_dir():
+        raise HubError(f"could not push {str(folder)!r} to {repo_id!r} on the hub at {_endpoint()} (not a folder)",
+                       endpoint=_endpoint(), repo_id=repo_id, reason="not a folder")
+    files: dict[str, Path] = dict(model_files(folder))
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            files[f"{LAST_CHECKPOINT}/{path.relative_to(folder).as_posix()}"] = path
+    return push_files(files, repo_id, token=token, private=private, revision=revision, source=str(folder),
+                      commit_message=commit_message or f"Upload {folder.name}",
+                      delete_patterns=[f"{LAST_CHECKPOINT}/*"])
+
+
+def dataset_name(dataset) -> str | None:
+    """The name of a ``datasets.Dataset`` (``info.dataset_name`` or ``info.builder_name``, with its config
+    when not the default), a string as is, else ``None``: what a model card can say about the training data."""
+    if isinstance(dataset, str):
+        return dataset or None
+    info = getattr(dataset, "info", None)
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    if not isinstance(name, str) or not name or name in ("generator", "json", "csv", "parquet", "text", "arrow"):
+        return None
+    config = getattr(info, "config_name", None)
+    return f"{name}/{config}" if isinstance(config, str) and config not in ("", "default") else name
 
 
 def redact(obj) -> dict:
@@ -474,7 +618,9 @@ def _hyperparameter_lines(hyperparameters) -> list[str]:
         value = _drop_token_keys(value)
         if hasattr(value, "value") and type(value).__module__ != "builtins":  # enums
             value = value.value
-        lines.append(f"- {key}: {_fmt(value)}")
+        # Exact values (as the reference's card: "learning_rate: 2e-05"), not rounded like the metrics.
+        shown = f"{value:g}" if isinstance(value, float) and math.isfinite(value) else _fmt(value)
+        lines.append(f"- {key}: {shown}")
     return lines or ["No training hyperparameters were recorded."]
 
 
@@ -489,6 +635,7 @@ def _eval_table(log_history) -> list[str]:
             if (isinstance(key, str) and key.startswith("eval_") and key not in _SPEED_KEYS
                     and not _is_token_key(key) and key not in metrics):
                 metrics.append(key)
+    metrics.sort(key=lambda m: m != "eval_loss")  # the loss first, then the metrics in the order logged
     header = [c.capitalize() for c in columns] + [m[len("eval_"):].replace("_", " ").capitalize() for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for row in rows:

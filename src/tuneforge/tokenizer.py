@@ -910,6 +910,21 @@ class PreTrainedTokenizerFast:
         backend.save(str(tokenizer_path))
         return str(config_path), str(special_tokens_path), str(tokenizer_path)
 
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload tokenizer with tuneforge", revision: str | None = None) -> str:
+        """Save the tokenizer (as `save_pretrained` does) and upload it to the hub repo `repo_id` in one commit.
+
+        The repo is created if missing (a bare name goes to the token owner's namespace). Returns the commit
+        URL; failures raise `tuneforge.hub.HubError` (an OSError) with one line that never holds the token.
+        """
+        import tempfile
+
+        from .hub import push_folder
+        with tempfile.TemporaryDirectory(prefix="tuneforge-tokenizer-") as tmp:
+            self.save_pretrained(tmp)
+            return push_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message,
+                               revision=revision)
+
     def _pipeline_settings(self) -> dict:
         """Config values describing the backend's normalizer and pre-tokenizer.
 
