@@ -287,3 +287,33 @@ def test_text_longer_than_position_limit(tmp_path):
     ids = torch.randint(3, 99, (1, 80))
     with pytest.raises(ValueError, match="longer than this model's position limit of 64 tokens.*truncation=True"):
         model(ids)
+
+
+def test_dropout_keeps_the_distribution_and_gradient():
+    from tuneforge.models.layers import Dropout
+    torch.manual_seed(0)
+    drop = Dropout(0.25).train()
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.75, abs=0.01)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_attention_groups_equal_one_padded_grid():
+    """Bucketing sequences by length for attention changes nothing but the work done."""
+    import torch.nn.functional as F
+    from tuneforge.models.layers import Packing, packed_attention
+    torch.manual_seed(0)
+    lengths = [40, 37, 22, 21, 9, 9, 3, 1]
+    mask = torch.tensor([[1] * n + [0] * (40 - n) for n in lengths])
+    packing = Packing.from_mask(mask, mask.shape, "cpu")
+    assert len(packing.groups) > 2 and sum(g.seqs for g in packing.groups) == len(lengths)
+    q, k, v = (torch.randn(len(lengths), 40, 4, 8) for _ in range(3))  # (B, T, nh, d)
+    got = packing.unpack(packed_attention(*(packing.pack(t.flatten(2)) for t in (q, k, v)), packing, 4, 0.0))
+    grid = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
+                                          attn_mask=mask.bool()[:, None, None, :]).transpose(1, 2).flatten(2)
+    torch.testing.assert_close(got[mask.bool()], grid[mask.bool()], atol=1e-5, rtol=1e-5)

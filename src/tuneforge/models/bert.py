@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint_io import PreTrainedModel
 from .config import Config
-from .layers import (ModelOutput, Packing, activation, check_positions, fused_qkv, packed_attention,
+from .layers import (Dropout, ModelOutput, Packing, activation, check_positions, packed_attention,
                      sequence_classification_loss, trim_padding)
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -61,7 +61,7 @@ class BertEmbeddings(nn.Module):
                                                 padding_idx=c.pad_token_id if is_roberta(c) else None)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
         self.roberta_positions = is_roberta(c)
         self.pad_token_id = c.pad_token_id
         self.max_positions = c.max_position_embeddings
@@ -102,15 +102,15 @@ class BertLayer(nn.Module):
         })
         self.intermediate = nn.ModuleDict({"dense": nn.Linear(h, i)})
         self.output = nn.ModuleDict({"dense": nn.Linear(i, h), "LayerNorm": nn.LayerNorm(h, eps=c.layer_norm_eps)})
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
         self.act = activation(c.hidden_act)
         self.num_heads = c.num_attention_heads
         self.attention_dropout = c.attention_probs_dropout_prob
 
     def forward(self, x: Tensor, packing: Packing) -> Tensor:  # x: (N, H)
         attn, out = self.attention.self, self.attention.output
-        qkv = fused_qkv(x, attn.query, attn.key, attn.value)  # (N, 3H)
-        a = packed_attention(qkv, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
+        q, k, v = attn.query(x), attn.key(x), attn.value(x)  # each (N, H)
+        a = packed_attention(q, k, v, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
         x = out.LayerNorm(x + self.dropout(out.dense(a)))  # (N, H)
         m = self.act(self.intermediate.dense(x))  # (N, I)
         return self.output.LayerNorm(x + self.dropout(self.output.dense(m)))  # (N, H)
@@ -187,7 +187,7 @@ class BertForSequenceClassification(PreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config)
         drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(drop)
+        self.dropout = Dropout(drop)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
@@ -204,7 +204,7 @@ class RobertaClassificationHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
         drop = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        self.dropout = nn.Dropout(drop)
+        self.dropout = Dropout(drop)
         self.out_proj = nn.Linear(c.hidden_size, c.num_labels)
 
     def forward(self, first_tokens: Tensor) -> Tensor:  # (B, H) the <s> token of each sequence

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint_io import PreTrainedModel
 from .config import Config
-from .layers import (ModelOutput, Packing, activation, check_positions, fused_qkv, packed_attention,
+from .layers import (Dropout, ModelOutput, Packing, activation, check_positions, packed_attention,
                      sequence_classification_loss, trim_padding)
 
 DISTILBERT_DEFAULTS = {
@@ -32,7 +32,7 @@ class Embeddings(nn.Module):
         self.word_embeddings = nn.Embedding(c.vocab_size, c.dim, padding_idx=c.pad_token_id)
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.dim)
         self.LayerNorm = nn.LayerNorm(c.dim, eps=1e-12)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.max_positions = c.max_position_embeddings
 
     def forward(self, input_ids: Tensor, packing: Packing) -> Tensor:
@@ -54,15 +54,15 @@ class TransformerBlock(nn.Module):
         self.sa_layer_norm = nn.LayerNorm(d, eps=1e-12)
         self.ffn = nn.ModuleDict({"lin1": nn.Linear(d, c.hidden_dim), "lin2": nn.Linear(c.hidden_dim, d)})
         self.output_layer_norm = nn.LayerNorm(d, eps=1e-12)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.act = activation(c.activation)
         self.num_heads = c.n_heads
         self.attention_dropout = c.attention_dropout
 
     def forward(self, x: Tensor, packing: Packing) -> Tensor:  # x: (N, H)
         attn = self.attention
-        qkv = fused_qkv(x, attn.q_lin, attn.k_lin, attn.v_lin)  # (N, 3H)
-        a = packed_attention(qkv, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
+        q, k, v = attn.q_lin(x), attn.k_lin(x), attn.v_lin(x)  # each (N, H)
+        a = packed_attention(q, k, v, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
         x = self.sa_layer_norm(attn.out_lin(a) + x)
         f = self.dropout(self.ffn.lin2(self.act(self.ffn.lin1(x))))  # (N, H)
         return self.output_layer_norm(f + x)
@@ -115,7 +115,7 @@ class DistilBertForSequenceClassification(PreTrainedModel):
         self.distilbert = DistilBertModel(config)
         self.pre_classifier = nn.Linear(config.dim, config.dim)
         self.classifier = nn.Linear(config.dim, config.num_labels)
-        self.dropout = nn.Dropout(config.seq_classif_dropout)
+        self.dropout = Dropout(config.seq_classif_dropout)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None) -> ModelOutput:

@@ -10,15 +10,41 @@ from torch import Tensor, nn
 
 
 @dataclass
-class Packing:
-    """Where a batch's real tokens sit. Linear layers, norms and MLPs run on the packed (N, H) tokens only;
-    attention scatters them back onto a (B, T) grid trimmed to the longest real sequence."""
+class Group:
+    """Sequences of similar length whose packed tokens are the contiguous slice [start, end): attention runs on
+    a (seqs, longest) grid of just these, so short sequences do not pay for the batch's longest."""
 
-    indices: Tensor | None  # (N,) flat positions of real tokens in the (B*T) grid; None when nothing is padding
+    start: int
+    end: int
+    seqs: int
+    longest: int
+    slots: Tensor | None  # (n,) grid slot of each token; None when every sequence has the same length
+    key_mask: Tensor | None  # (seqs, 1, 1, longest)
+
+    def to_grid(self, x: Tensor, num_heads: int) -> Tensor:
+        """(n, H) -> (seqs, heads, longest, head_dim)"""
+        x = x[self.start:self.end]
+        if self.slots is not None:
+            x = x.new_zeros(self.seqs * self.longest, x.shape[1]).index_copy(0, self.slots, x)
+        return x.view(self.seqs, self.longest, num_heads, -1).transpose(1, 2)
+
+    def from_grid(self, grid: Tensor) -> Tensor:
+        """(seqs, heads, longest, head_dim) -> (n, H)"""
+        flat = grid.transpose(1, 2).reshape(self.seqs * self.longest, -1)
+        return flat if self.slots is None else flat[self.slots]
+
+
+@dataclass
+class Packing:
+    """Where a batch's real tokens sit. Linear layers, norms and MLPs run on the packed (N, H) tokens only. Tokens
+    are packed sequence by sequence, longest sequence first, so that attention can work on groups of similar
+    length; `first` gives each input row's first token, so outputs come back in the input order."""
+
+    indices: Tensor | None  # (N,) flat positions of the packed tokens in the (B*T) grid; None: no padding
     batch: int
     seq_len: int
-    key_mask: Tensor | None  # (B, 1, 1, T) True where a key is a real token
-    first: Tensor  # (B,) packed index of each sequence's first real token ([CLS] / <s>)
+    groups: list[Group]
+    first: Tensor  # (B,) packed index of each input row's first real token ([CLS] / <s>)
 
     @property
     def num_tokens(self) -> int:
@@ -29,12 +55,17 @@ class Packing:
         batch, seq_len = shape
         if attention_mask is None or bool(attention_mask.all()):
             first = torch.arange(batch, device=device) * seq_len
-            return Packing(None, batch, seq_len, None, first)
+            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None)], first)
         mask = attention_mask.bool()
         lengths = mask.sum(1)  # (B,)
-        indices = mask.flatten().nonzero().squeeze(1)  # (N,) row-major, so each row's tokens are contiguous
-        first = torch.cumsum(lengths, 0) - lengths
-        return Packing(indices, batch, seq_len, mask[:, None, None, :], first)
+        order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
+        sorted_lengths = lengths[order].tolist()
+        # Flat grid positions of real tokens, sequence by sequence in `order` (any mask layout works).
+        rows, cols = mask[order].nonzero(as_tuple=True)
+        indices = order[rows] * seq_len + cols  # (N,)
+        starts = torch.cumsum(lengths[order], 0) - lengths[order]
+        first = torch.empty_like(starts).scatter_(0, order, starts)
+        return Packing(indices, batch, seq_len, _groups(sorted_lengths, device), first)
 
     def pack(self, grid: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -50,6 +81,29 @@ class Packing:
         return grid.view(self.batch, self.seq_len, *packed.shape[1:])
 
 
+def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6) -> list[Group]:
+    """Cut the length-sorted sequences where the length falls below `shrink` x the group's longest. Padded
+    attention work per group is seqs x longest^2, so a few groups remove most of it; more cost launch overhead."""
+    cuts = [0]
+    for i, n in enumerate(lengths):
+        if n < shrink * lengths[cuts[-1]] and len(cuts) < max_groups:
+            cuts.append(i)
+    cuts.append(len(lengths))
+    groups, start = [], 0
+    for a, b in zip(cuts, cuts[1:]):
+        group_lengths = lengths[a:b]
+        longest, n = group_lengths[0], sum(group_lengths)
+        if all(x == longest for x in group_lengths):
+            groups.append(Group(start, start + n, b - a, longest, None, None))
+        else:
+            lens = torch.tensor(group_lengths, device=device)
+            real = torch.arange(longest, device=device) < lens[:, None]  # (seqs, longest)
+            slots = real.flatten().nonzero().squeeze(1)
+            groups.append(Group(start, start + n, b - a, longest, slots, real[:, None, None, :]))
+        start += n
+    return groups
+
+
 def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tensor | None):
     """Drop trailing columns that are padding in every row (e.g. padding="max_length"), before any compute."""
     if attention_mask is None:
@@ -62,19 +116,43 @@ def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tens
     return (cut(input_ids), cut(attention_mask), *(cut(t) for t in others))
 
 
-def packed_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
-    """Multi-head attention where each sequence sees only its own real tokens.
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
+    """Multi-head attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H).
+    Each group of similar-length sequences gets its own small grid."""
+    out = []
+    for g in packing.groups:
+        qg, kg, vg = (g.to_grid(t, num_heads) for t in (q, k, v))  # each (S, nh, L, d)
+        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.key_mask, dropout_p=dropout_p)  # (S, nh, L, d)
+        out.append(g.from_grid(o))  # (n, H)
+    return out[0] if len(out) == 1 else torch.cat(out)
 
-    qkv: (N, 3*H) packed projections -> (N, H). Attention costs O(T) per token against O(H) for the
-    projections, so re-gridding here spends almost nothing on padding."""
-    n, three_h = qkv.shape
-    hidden = three_h // 3
-    head_dim = hidden // num_heads
-    grid = packing.unpack(qkv).view(packing.batch, packing.seq_len, 3, num_heads, head_dim)  # (B, T, 3, nh, d)
-    q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, d)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask, dropout_p=dropout_p)  # (B, nh, T, d)
-    out = out.transpose(1, 2).reshape(packing.batch, packing.seq_len, hidden)  # (B, T, H)
-    return packing.pack(out)  # (N, H)
+
+class _Dropout(torch.autograd.Function):
+    """Inverted dropout with a boolean mask drawn by torch.rand: the same distribution as nn.Dropout, about a third
+    cheaper on CPU than its bernoulli_ draw."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        keep = torch.rand_like(x) >= p
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return x * keep * ctx.scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad * keep * ctx.scale, None
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout's interface (and state-dict-free), with the cheaper mask on CPU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or self.p >= 1.0:
+            return F.dropout(x, self.p, True)
+        return _Dropout.apply(x, self.p)
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -154,11 +232,3 @@ class ModelOutput(dict):
 
     def to_tuple(self) -> tuple:
         return tuple(self.values())
-
-
-def fused_qkv(x: Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> Tensor:
-    """One (N, H) x (H, 3H) matmul instead of three: better use of the CPU's GEMM for small N."""
-    weight = torch.cat([query.weight, key.weight, value.weight])  # (3H, H)
-    bias = torch.cat([query.bias, key.bias, value.bias])
-    return F.linear(x, weight, bias)  # (N, 3H)
-
