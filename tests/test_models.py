@@ -317,3 +317,19 @@ def test_attention_groups_equal_one_padded_grid():
     grid = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
                                           attn_mask=mask.bool()[:, None, None, :]).transpose(1, 2).flatten(2)
     torch.testing.assert_close(got[mask.bool()], grid[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    _, folder = reference_model("distilbert", "cls", tmp_path, num_labels=3, dropout=0.0, attention_dropout=0.0)
+    ids, mask = padded_batch(0)
+    labels = torch.tensor([0, 1, 2, 1])
+    grads = []
+    for checkpointing in (False, True):
+        model = AutoModelForSequenceClassification.from_pretrained(folder).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.distilbert.transformer.gradient_checkpointing
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint_io import PreTrainedModel
 from .config import Config
-from .layers import (Dropout, ModelOutput, Packing, activation, check_positions, packed_attention,
+from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions, packed_attention,
                      sequence_classification_loss, trim_padding)
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -116,21 +115,6 @@ class BertLayer(nn.Module):
         return self.output.LayerNorm(x + self.dropout(self.output.dense(m)))  # (N, H)
 
 
-class BertEncoder(nn.Module):
-    def __init__(self, c: Config):
-        super().__init__()
-        self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
-        self.gradient_checkpointing = False
-
-    def forward(self, x: Tensor, packing: Packing) -> Tensor:
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, packing, use_reentrant=False)
-            else:
-                x = layer(x, packing)
-        return x
-
-
 class BertPooler(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
@@ -151,7 +135,7 @@ class BertModel(PreTrainedModel):
         super().__init__(config)
         check_config(config)
         self.embeddings = BertEmbeddings(config)
-        self.encoder = BertEncoder(config)
+        self.encoder = LayerStack(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = BertPooler(config) if add_pooling_layer else None
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
@@ -165,11 +149,8 @@ class BertModel(PreTrainedModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 position_ids: Tensor | None = None) -> ModelOutput:
-        full_len = input_ids.shape[1]
         x, packing = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
-        hidden = packing.unpack(x)  # (B, T', H), zeros at padding
-        if hidden.shape[1] < full_len:  # give back the caller's shape
-            hidden = torch.nn.functional.pad(hidden, (0, 0, 0, full_len - hidden.shape[1]))
+        hidden = packing.unpack(x, input_ids.shape[1])  # (B, T, H), zeros at padding
         pooled = self.pooler(x[packing.first]) if self.pooler is not None else None
         return ModelOutput(last_hidden_state=hidden, pooler_output=pooled)
 

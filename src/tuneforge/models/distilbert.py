@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint_io import PreTrainedModel
 from .config import Config
-from .layers import (Dropout, ModelOutput, Packing, activation, check_positions, packed_attention,
+from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions, packed_attention,
                      sequence_classification_loss, trim_padding)
 
 DISTILBERT_DEFAULTS = {
@@ -68,21 +67,6 @@ class TransformerBlock(nn.Module):
         return self.output_layer_norm(f + x)
 
 
-class Transformer(nn.Module):
-    def __init__(self, c: Config):
-        super().__init__()
-        self.layer = nn.ModuleList(TransformerBlock(c) for _ in range(c.n_layers))
-        self.gradient_checkpointing = False
-
-    def forward(self, x: Tensor, packing: Packing) -> Tensor:
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, packing, use_reentrant=False)
-            else:
-                x = layer(x, packing)
-        return x
-
-
 class DistilBertModel(PreTrainedModel):
     base_model_prefix = "distilbert"
 
@@ -91,7 +75,7 @@ class DistilBertModel(PreTrainedModel):
         if config.dim % config.n_heads:
             raise ValueError(f"dim {config.dim} is not a multiple of n_heads {config.n_heads}")
         self.embeddings = Embeddings(config)
-        self.transformer = Transformer(config)
+        self.transformer = LayerStack(TransformerBlock(config) for _ in range(config.n_layers))
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Packing]:
         input_ids, attention_mask = trim_padding(input_ids, attention_mask)
@@ -99,12 +83,8 @@ class DistilBertModel(PreTrainedModel):
         return self.transformer(self.embeddings(input_ids, packing), packing), packing  # (N, H)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> ModelOutput:
-        full_len = input_ids.shape[1]
         x, packing = self.encode(input_ids, attention_mask)
-        hidden = packing.unpack(x)  # (B, T', H), zeros at padding
-        if hidden.shape[1] < full_len:
-            hidden = nn.functional.pad(hidden, (0, 0, 0, full_len - hidden.shape[1]))
-        return ModelOutput(last_hidden_state=hidden)
+        return ModelOutput(last_hidden_state=packing.unpack(x, input_ids.shape[1]))  # (B, T, H), zeros at padding
 
 
 class DistilBertForSequenceClassification(PreTrainedModel):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -72,13 +73,16 @@ class Packing:
         flat = grid.reshape(self.batch * self.seq_len, *grid.shape[2:])
         return flat if self.indices is None else flat[self.indices]
 
-    def unpack(self, packed: Tensor) -> Tensor:
-        """(N, ...) -> (B, T, ...), zeros at padding."""
+    def unpack(self, packed: Tensor, seq_len: int | None = None) -> Tensor:
+        """(N, ...) -> (B, seq_len, ...), zeros at padding; seq_len may exceed the trimmed grid's (the caller's)."""
         if self.indices is None:
-            return packed.reshape(self.batch, self.seq_len, *packed.shape[1:])
-        grid = packed.new_zeros(self.batch * self.seq_len, *packed.shape[1:])
-        grid = grid.index_copy(0, self.indices, packed)
-        return grid.view(self.batch, self.seq_len, *packed.shape[1:])
+            grid = packed.reshape(self.batch, self.seq_len, *packed.shape[1:])
+        else:
+            grid = packed.new_zeros(self.batch * self.seq_len, *packed.shape[1:])
+            grid = grid.index_copy(0, self.indices, packed).view(self.batch, self.seq_len, *packed.shape[1:])
+        if seq_len is not None and seq_len > self.seq_len:
+            grid = torch.cat([grid, grid.new_zeros(self.batch, seq_len - self.seq_len, *grid.shape[2:])], 1)
+        return grid
 
 
 def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6) -> list[Group]:
@@ -102,6 +106,24 @@ def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6
             groups.append(Group(start, start + n, b - a, longest, slots, real[:, None, None, :]))
         start += n
     return groups
+
+
+class LayerStack(nn.Module):
+    """The blocks, run in order; with gradient checkpointing their activations are recomputed in backward.
+    Its one attribute, `layer`, is the checkpoints' "encoder.layer.N" / "transformer.layer.N"."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.layer = nn.ModuleList(blocks)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: Tensor, packing: Packing) -> Tensor:
+        for block in self.layer:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, packing, use_reentrant=False)
+            else:
+                x = block(x, packing)
+        return x
 
 
 def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tensor | None):
