@@ -320,7 +320,8 @@ def test_attention_groups_equal_one_padded_grid():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
-    _, folder = reference_model("distilbert", "cls", tmp_path, num_labels=3, dropout=0.0, attention_dropout=0.0)
+    _, folder = reference_model("distilbert", "cls", tmp_path, num_labels=3, dropout=0.0, attention_dropout=0.0,
+                                   seq_classif_dropout=0.0)
     ids, mask = padded_batch(0)
     labels = torch.tensor([0, 1, 2, 1])
     grads = []
@@ -332,4 +333,4 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
         model(ids, attention_mask=mask, labels=labels).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
