@@ -233,6 +233,7 @@ def test_head_size_mismatch_is_an_error_unless_ignored(tmp_path, caplog):
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5, ignore_mismatched_sizes=True)
     assert model.classifier.out_features == 5
     assert "found shape [2, 32] in the checkpoint and [5, 32] in the model" in caplog.text
+    assert "newly initialized: ['classifier.bias', 'classifier.weight']" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------- bad input

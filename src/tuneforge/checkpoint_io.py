@@ -202,7 +202,7 @@ def warn_about_keys(model_name: str, source: str, report: dict[str, list]) -> No
         lines.append(f"Some weights of the model checkpoint at {source} were not used when initializing "
                      f"{model_name}: {report['unused']}")
     if report["missing"] or report["mismatched"]:
-        fresh = report["missing"] + [k for k, _, _ in report["mismatched"]]
+        fresh = set(report["missing"]) | {k for k, _, _ in report["mismatched"]}
         lines.append(f"Some weights of {model_name} were not initialized from the model checkpoint at {source} "
                      f"and are newly initialized: {sorted(fresh)}")
         for key, old, new in report["mismatched"]:
