@@ -246,7 +246,7 @@ class Trainer:
         state.eval_steps = args.interval("eval_steps", max_steps) if args.eval_steps else state.logging_steps
         state.save_steps = args.interval("save_steps", max_steps)
         state.is_world_process_zero = self.dist.is_main
-        start_step, start_time, self._grad_norm = state.global_step, time.perf_counter(), None
+        start_step, start_time, examples_seen, self._grad_norm = state.global_step, time.perf_counter(), 0, None
 
         self.control = self.callback_handler.call("on_train_begin", args, state, self.control)
         if args.eval_on_start and resume is None:
@@ -258,12 +258,12 @@ class Trainer:
             first = max(0, state.global_step - epoch * steps_per_epoch)  # windows done before a resume
             todo = windows[first:max_steps - epoch * steps_per_epoch]
             self.control = self.callback_handler.call("on_epoch_begin", args, state, self.control)
-            shards = [self.dist.shard(b) for w in todo for b in w]
-            # A rank with no examples in a short last batch still runs (with weight 0) to join the all-reduce.
-            micro = iter(self._loader(rows, [s or b[:1] for s, b in zip(shards, (b for w in todo for b in w))]))
+            # A rank with no examples in a short last batch still runs one (with weight 0) to join the all-reduce.
+            micro = iter(self._loader(rows, [self.dist.shard(b) or b[:1] for w in todo for b in w]))
             for j, window in enumerate(todo, start=first):
                 self.control = self.callback_handler.call("on_step_begin", args, state, self.control)
                 total = sum(len(b) for b in window)
+                examples_seen += total
                 shares = [len(self.dist.shard(b)) * self.dist.world_size / total for b in window]
                 micro_batches = [self._to_device(next(micro)) for _ in window]
                 loss = self.training_step(self.model_wrapped, micro_batches, shares)
@@ -296,10 +296,9 @@ class Trainer:
             logger.info(f"loaded the best model from {state.best_model_checkpoint} "
                         f"({args.metric_for_best_model}={state.best_metric})")
         steps_done = state.global_step - start_step
-        samples = steps_done * accum * args.per_device_train_batch_size * self.dist.world_size
         train_loss = state.total_loss / max(state.global_step, 1)
         metrics = {"train_runtime": round(runtime, 4),
-                   "train_samples_per_second": round(min(samples, n * num_epochs) / runtime, 3),
+                   "train_samples_per_second": round(examples_seen / runtime, 3),
                    "train_steps_per_second": round(steps_done / runtime, 3),
                    "train_loss": train_loss, "epoch": state.epoch}
         self.log(metrics)
