@@ -266,10 +266,23 @@ def test_config_file_under_flags(tmp_path, suffix):
     settings = settings_for("--config", config)
     assert settings["learning_rate"] == 5e-5 and settings["num_train_epochs"] == 1
     assert settings["lr_scheduler_type"] == "cosine" and settings["weight_decay"] == 0.1
-    assert settings["per_device_train_batch_size"] == cli.TRAIN_DEFAULTS["per_device_train_batch_size"]
+    assert settings["per_device_train_batch_size"] == cli.BUILT_IN_JOB["per_device_train_batch_size"]
     settings = settings_for("--config", config, "--lr", "2e-3", "--weight-decay", 0)
     assert settings["learning_rate"] == 2e-3 and settings["weight_decay"] == 0  # flags win
     assert settings["num_train_epochs"] == 1
+
+
+def test_user_data_gets_the_reference_defaults():
+    """The built-in job's tuned settings stay with the built-in job: on the user's data the hyperparameters are
+    TrainingArguments' (the reference's), so results compare with the reference Trainer's."""
+    from tuneforge import TrainingArguments
+    ours = TrainingArguments(**settings_for("--train", "data.csv"))
+    reference = TrainingArguments()
+    for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay", "warmup_ratio",
+                 "warmup_steps", "lr_scheduler_type", "seed"):
+        assert getattr(ours, name) == getattr(reference, name), name
+    built_in = settings_for()
+    assert built_in["learning_rate"] == cli.BUILT_IN_JOB["learning_rate"] != reference.learning_rate
 
 
 def test_config_reaches_the_saved_training_arguments(tiny_dir, data, tmp_path):
@@ -426,7 +439,7 @@ def bad_files(folder):
     (["--train", "{train}", "--resume"], "--resume: {out} holds no checkpoint to continue from"),
     (["--train", "{train}", "--warmup-ratio", 2], "warmup_ratio must be in [0, 1], got 2.0"),  # TrainingArguments
     (["--train", "{train}", "--eval", "{train}", "--gradient-accumulation-steps", 100],  # the Trainer
-     "gradient_accumulation_steps=100 is larger than the 4 batches of an epoch"),
+     "gradient_accumulation_steps=100 is larger than the 8 batches of an epoch"),
 ])
 def test_bad_train_input_is_one_line_and_exit_2(tiny_dir, data, tmp_path, argv, message):
     folder = bad_files(tmp_path)

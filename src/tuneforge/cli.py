@@ -46,19 +46,14 @@ FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".nd
            ".parquet": "parquet"}
 TEXT_COLUMNS = ("text", "sentence")
 LABEL_COLUMNS = ("label", "labels")
-DEFAULT_MAX_LENGTH = 128
 EVAL_SHARE = 0.1  # held out of the training file when no --eval file is given
 
-# What `tuneforge train` uses unless --config or a flag says otherwise. Tuned on the built-in job (see --help);
-# eval per epoch, and checkpoints per epoch as crash insurance for --resume.
+# What `tuneforge train` uses unless --config or a flag says otherwise: the reference's TrainingArguments
+# defaults (lr 5e-5, 3 epochs, batch 8, no warmup or weight decay), plus evaluation each epoch, checkpoints at the
+# evaluations as crash insurance for --resume, and enough loss points for the report.
 TRAIN_DEFAULTS = {
     "output_dir": "tuneforge-output",
-    "num_train_epochs": 4.0,
-    "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 64,
-    "learning_rate": 1e-4,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "save_total_limit": 1,
@@ -66,6 +61,15 @@ TRAIN_DEFAULTS = {
     "logging_steps": 0.025,
     "logging_first_step": True,
 }
+# The built-in job's settings on top, tuned on its data: ~72% on 5 classes in under two minutes on 2 cores.
+BUILT_IN_JOB = {
+    "num_train_epochs": 4.0,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 1e-4,
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.01,
+}
+BUILT_IN_MAX_LENGTH = 128  # its reviews are short; user data is cut at the model's own limit, as the reference does
 # Flags that set TrainingArguments fields: argparse dest -> field.
 FLAG_FIELDS = {
     "output_dir": "output_dir", "epochs": "num_train_epochs", "max_steps": "max_steps",
@@ -451,7 +455,7 @@ def training_settings(opts) -> tuple[dict, set[str]]:
     from_flags = {field: getattr(opts, dest) for dest, field in FLAG_FIELDS.items()
                   if getattr(opts, dest) is not None}
     chosen = {**from_config, **from_flags}
-    values = {**TRAIN_DEFAULTS, **chosen}
+    values = {**TRAIN_DEFAULTS, **(BUILT_IN_JOB if opts.train is None else {}), **chosen}
     if values.get("eval_strategy") == "steps" and "eval_steps" not in chosen:
         # The reference's eval_steps falls back to logging_steps; ours is a share of the run, so 10 evaluations.
         values["eval_steps"] = chosen.get("logging_steps", 0.1)
@@ -538,7 +542,8 @@ def cmd_train(opts):
         opts, train_path, eval_path)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    max_length = resolve_max_length(opts.max_length, DEFAULT_MAX_LENGTH, model_capacity(config, tokenizer))
+    max_length = resolve_max_length(opts.max_length, BUILT_IN_MAX_LENGTH if built_in else None,
+                                    model_capacity(config, tokenizer))
     # Saved with the model, so evaluate and predict cut inputs where training did.
     tokenizer.model_max_length = max_length
     train_set = tokenize(train_rows, tokenizer, text, pair, max_length).add_column("labels", train_ids)
@@ -725,17 +730,21 @@ def build_parser() -> argparse.ArgumentParser:
                        f"(default: {TRAIN_DEFAULTS['output_dir']})")
     data_options(train)
     train.add_argument("--max-length", type=int, metavar="N",
-                       help=f"tokens per text (default: {DEFAULT_MAX_LENGTH}, or the model's limit if smaller)")
-    train.add_argument("--epochs", type=float, metavar="N", help=f"default: {TRAIN_DEFAULTS['num_train_epochs']:g}")
+                       help=f"tokens per text (default: the model's limit; {BUILT_IN_MAX_LENGTH} for the built-in job)")
+    train.add_argument("--epochs", type=float, metavar="N",
+                       help=f"default: 3 ({BUILT_IN_JOB['num_train_epochs']:g} for the built-in job)")
     train.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps; overrides --epochs")
     train.add_argument("--batch-size", type=int, metavar="N",
-                       help=f"per process (default: {TRAIN_DEFAULTS['per_device_train_batch_size']})")
-    train.add_argument("--lr", type=float, help=f"peak learning rate (default: {TRAIN_DEFAULTS['learning_rate']:g})")
+                       help=f"per process (default: 8; {BUILT_IN_JOB['per_device_train_batch_size']} for the built-in job)")
+    train.add_argument("--lr", type=float,
+                       help=f"peak learning rate (default: 5e-05; {BUILT_IN_JOB['learning_rate']:g} for the built-in job)")
     train.add_argument("--eval-strategy", choices=("no", "steps", "epoch"), help="default: epoch")
     train.add_argument("--seed", type=int, help="default: 42")
     train.add_argument("--gradient-accumulation-steps", type=int, metavar="N", help="default: 1")
-    train.add_argument("--weight-decay", type=float, help=f"default: {TRAIN_DEFAULTS['weight_decay']:g}")
-    train.add_argument("--warmup-ratio", type=float, help=f"default: {TRAIN_DEFAULTS['warmup_ratio']:g}")
+    train.add_argument("--weight-decay", type=float,
+                       help=f"default: 0 ({BUILT_IN_JOB['weight_decay']:g} for the built-in job)")
+    train.add_argument("--warmup-ratio", type=float,
+                       help=f"default: 0 ({BUILT_IN_JOB['warmup_ratio']:g} for the built-in job)")
     train.add_argument("--logging-steps", type=float, metavar="N", help="steps between loss logs; below 1, a "
                        f"share of the run (default: {TRAIN_DEFAULTS['logging_steps']}, about 40 points)")
     train.add_argument("--save-strategy", choices=("no", "steps", "epoch", "best"),
