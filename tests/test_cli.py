@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -482,3 +483,22 @@ def test_usage_errors_exit_2(argv):
 def test_help_exits_0():
     code, out, _ = run("train", "--help")
     assert code == 0 and "--config" in out
+
+
+def test_train_under_torchrun(tiny_dir, data, tmp_path):
+    """`torchrun -m tuneforge train`: two processes, one result line, files written once by rank 0."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found beside the interpreter")
+    output = tmp_path / "out"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tuneforge", "train",
+                           "--model", str(tiny_dir), "--train", str(data["train"]), "--eval", str(data["eval"]),
+                           "--output-dir", str(output), "--epochs", "1", "--batch-size", "4", "--lr", "1e-3"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 1 and "eval_accuracy" in json.loads(results[0])
+    assert json.loads((output / "eval_results.json").read_text()) == json.loads(results[0])
+    from tuneforge import AutoModelForSequenceClassification
+    assert AutoModelForSequenceClassification.from_pretrained(output).config.id2label == {0: "neg", 1: "neutral",
+                                                                                         2: "pos"}
