@@ -393,3 +393,31 @@ def test_defaults_follow_the_reference():
         assert getattr(ours, name) == getattr(ref, name), name
     for name in ("eval_strategy", "save_strategy", "logging_strategy", "lr_scheduler_type", "hub_strategy", "optim"):
         assert getattr(ours, name) == getattr(getattr(ref, name), "value", getattr(ref, name)), name
+
+
+class WideOutputs(torch.nn.Module):
+    """Logits plus a large per-example output that compute_metrics never needs."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x, labels):
+        logits = self.linear(x)
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits,
+                "hidden": torch.randn(len(x), 2000)}
+
+
+def test_evaluation_keeps_only_what_compute_metrics_needs(tmp_path):
+    import tracemalloc
+    g = torch.Generator().manual_seed(0)
+    rows = [{"x": torch.randn(4, generator=g), "labels": i % 3} for i in range(3000)]
+    trainer = Trainer(model=WideOutputs(), args=args_for(tmp_path, per_device_eval_batch_size=100),
+                      compute_metrics=lambda p: {"n": len(p.predictions), "width": p.predictions.shape[1]})
+    tracemalloc.start()
+    metrics = trainer.evaluate(rows)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert metrics["eval_n"] == 3000 and metrics["eval_width"] == 3
+    # 3,000 x 2,000 floats of "hidden" would be 24 MB on the host side; the logits and labels are a few kB.
+    assert peak < 5e6, peak
