@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 # Fields every family shares: they describe the task head and are written back on save.
 TASK_DEFAULTS = {
@@ -48,11 +47,6 @@ class Config:
         out = copy.deepcopy(self.__dict__)
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         return out
-
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / "config.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
 
     def __repr__(self) -> str:
         return f"Config({json.dumps(self.to_dict(), sort_keys=True)})"

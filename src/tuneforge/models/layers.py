@@ -47,10 +47,6 @@ class Packing:
     groups: list[Group]
     first: Tensor  # (B,) packed index of each input row's first real token ([CLS] / <s>)
 
-    @property
-    def num_tokens(self) -> int:
-        return self.batch * self.seq_len if self.indices is None else self.indices.numel()
-
     @staticmethod
     def from_mask(attention_mask: Tensor | None, shape: tuple[int, int], device) -> "Packing":
         batch, seq_len = shape
