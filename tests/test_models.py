@@ -89,14 +89,22 @@ def test_problem_type_inferred_like_reference(tmp_path):
     assert model.config.problem_type == "single_label_classification"
 
 
-def test_gradients_match_reference(tmp_path):
-    """Training depends on backward too: parameter gradients equal the reference's."""
-    ref, folder = reference_model("bert", "cls", tmp_path, num_labels=3, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)
+NO_DROPOUT = {"bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+              "distilbert": dict(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)}
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+@pytest.mark.parametrize("lengths,extra_padding", [((12, 7, 3, 12, 1, 6, 3, 11, 12), 2), ((5, 5, 5), 0)],
+                         ids=["padded-groups", "no-padding"])
+def test_gradients_match_reference(model_type, lengths, extra_padding, tmp_path):
+    """Training depends on backward too: parameter gradients equal the reference's, also in the last block,
+    which computes only the first token of each sequence (several groups, some of equal-length sequences)."""
+    dropout = NO_DROPOUT["distilbert" if model_type == "distilbert" else "bert"]
+    ref, folder = reference_model(model_type, "cls", tmp_path, num_labels=3, **dropout)
     ours = AutoModelForSequenceClassification.from_pretrained(folder).train()
     ref.train()
-    ids, mask = padded_batch(0)
-    labels = torch.tensor([0, 1, 2, 1])
+    ids, mask = padded_batch(ref.config.pad_token_id, lengths=lengths, extra_padding=extra_padding)
+    labels = torch.arange(len(lengths)) % 3
     ref(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     ours(ids, attention_mask=mask, labels=labels).loss.backward()
     ref_grads = dict(ref.named_parameters())

@@ -106,13 +106,15 @@ class BertLayer(nn.Module):
         self.num_heads = c.num_attention_heads
         self.attention_dropout = c.attention_probs_dropout_prob
 
-    def forward(self, x: Tensor, packing: Packing) -> Tensor:  # x: (N, H)
+    def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn, out = self.attention.self, self.attention.output
-        q, k, v = attn.query(x), attn.key(x), attn.value(x)  # each (N, H)
-        a = packed_attention(q, k, v, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
-        x = out.LayerNorm(x + self.dropout(out.dense(a)))  # (N, H)
-        m = self.act(self.intermediate.dense(x))  # (N, I)
-        return self.output.LayerNorm(x + self.dropout(self.output.dense(m)))  # (N, H)
+        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
+        q, k, v = attn.query(h), attn.key(x), attn.value(x)  # q like h, k and v (N, H)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        a = packed_attention(q, k, v, packing, self.num_heads, dropout_p, heads_only)  # like h
+        h = out.LayerNorm(h + self.dropout(out.dense(a)))
+        m = self.act(self.intermediate.dense(h))  # (B or N, I)
+        return self.output.LayerNorm(h + self.dropout(self.output.dense(m)))  # like h
 
 
 class BertPooler(nn.Module):
@@ -139,13 +141,13 @@ class BertModel(PreTrainedModel):
         self.pooler = BertPooler(config) if add_pooling_layer else None
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-               position_ids: Tensor | None = None) -> tuple[Tensor, Packing]:
-        """-> packed hidden states (N, H) and where they sit in the batch."""
+               position_ids: Tensor | None = None, heads_only: bool = False) -> tuple[Tensor, Packing]:
+        """-> packed hidden states (N, H), or with heads_only each row's first token (B, H), and the packing."""
         input_ids, attention_mask, token_type_ids, position_ids = trim_padding(
             input_ids, attention_mask, token_type_ids, position_ids)
         packing = Packing.from_mask(attention_mask, input_ids.shape, input_ids.device)
         x = self.embeddings(input_ids, token_type_ids, position_ids, packing)  # (N, H)
-        return self.encoder(x, packing), packing
+        return self.encoder(x, packing, heads_only), packing
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 position_ids: Tensor | None = None) -> ModelOutput:
@@ -173,8 +175,8 @@ class BertForSequenceClassification(PreTrainedModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 position_ids: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
-        x, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (N, H)
-        pooled = self.bert.pooler(x[packing.first])  # (B, H)
+        first, _ = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids, heads_only=True)
+        pooled = self.bert.pooler(first)  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
         return ModelOutput(loss=loss, logits=logits)
@@ -203,7 +205,7 @@ class RobertaForSequenceClassification(PreTrainedModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 position_ids: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
-        x, packing = self.roberta.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (N, H)
-        logits = self.classifier(x[packing.first])  # (B, num_labels)
+        first, _ = self.roberta.encode(input_ids, attention_mask, token_type_ids, position_ids, heads_only=True)
+        logits = self.classifier(first)  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
         return ModelOutput(loss=loss, logits=logits)

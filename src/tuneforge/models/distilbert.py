@@ -58,13 +58,15 @@ class TransformerBlock(nn.Module):
         self.num_heads = c.n_heads
         self.attention_dropout = c.attention_dropout
 
-    def forward(self, x: Tensor, packing: Packing) -> Tensor:  # x: (N, H)
+    def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn = self.attention
-        q, k, v = attn.q_lin(x), attn.k_lin(x), attn.v_lin(x)  # each (N, H)
-        a = packed_attention(q, k, v, packing, self.num_heads, self.attention_dropout if self.training else 0.0)
-        x = self.sa_layer_norm(attn.out_lin(a) + x)
-        f = self.dropout(self.ffn.lin2(self.act(self.ffn.lin1(x))))  # (N, H)
-        return self.output_layer_norm(f + x)
+        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
+        q, k, v = attn.q_lin(h), attn.k_lin(x), attn.v_lin(x)  # q like h, k and v (N, H)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        a = packed_attention(q, k, v, packing, self.num_heads, dropout_p, heads_only)  # like h
+        h = self.sa_layer_norm(attn.out_lin(a) + h)
+        f = self.dropout(self.ffn.lin2(self.act(self.ffn.lin1(h))))  # like h
+        return self.output_layer_norm(f + h)
 
 
 class DistilBertModel(PreTrainedModel):
@@ -77,10 +79,12 @@ class DistilBertModel(PreTrainedModel):
         self.embeddings = Embeddings(config)
         self.transformer = LayerStack(TransformerBlock(config) for _ in range(config.n_layers))
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Packing]:
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+               heads_only: bool = False) -> tuple[Tensor, Packing]:
+        """-> packed hidden states (N, H), or with heads_only each row's first token (B, H), and the packing."""
         input_ids, attention_mask = trim_padding(input_ids, attention_mask)
         packing = Packing.from_mask(attention_mask, input_ids.shape, input_ids.device)
-        return self.transformer(self.embeddings(input_ids, packing), packing), packing  # (N, H)
+        return self.transformer(self.embeddings(input_ids, packing), packing, heads_only), packing
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> ModelOutput:
         x, packing = self.encode(input_ids, attention_mask)
@@ -99,8 +103,8 @@ class DistilBertForSequenceClassification(PreTrainedModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None) -> ModelOutput:
-        x, packing = self.distilbert.encode(input_ids, attention_mask)  # (N, H)
-        pooled = nn.functional.relu(self.pre_classifier(x[packing.first]))  # (B, H)
+        first, _ = self.distilbert.encode(input_ids, attention_mask, heads_only=True)  # (B, H)
+        pooled = nn.functional.relu(self.pre_classifier(first))  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
         return ModelOutput(loss=loss, logits=logits)

@@ -23,8 +23,7 @@ class Group:
     key_mask: Tensor | None  # (seqs, 1, 1, longest)
 
     def to_grid(self, x: Tensor, num_heads: int) -> Tensor:
-        """(n, H) -> (seqs, heads, longest, head_dim)"""
-        x = x[self.start:self.end]
+        """(n, H) this group's tokens -> (seqs, heads, longest, head_dim)"""
         if self.slots is not None:
             x = x.new_zeros(self.seqs * self.longest, x.shape[1]).index_copy(0, self.slots, x)
         return x.view(self.seqs, self.longest, num_heads, -1).transpose(1, 2)
@@ -34,25 +33,40 @@ class Group:
         flat = grid.transpose(1, 2).reshape(self.seqs * self.longest, -1)
         return flat if self.slots is None else flat[self.slots]
 
+    def heads_grid(self, heads: Tensor, num_heads: int) -> Tensor:
+        """(seqs, H) one row per sequence of this group -> (seqs, heads, 1, head_dim)"""
+        return heads.view(self.seqs, 1, num_heads, -1).transpose(1, 2)
+
 
 @dataclass
 class Packing:
     """Where a batch's real tokens sit. Linear layers, norms and MLPs run on the packed (N, H) tokens only. Tokens
     are packed sequence by sequence, longest sequence first, so that attention can work on groups of similar
-    length; `first` gives each input row's first token, so outputs come back in the input order."""
+    length; `restore` brings per-sequence outputs back to the input order."""
 
     indices: Tensor | None  # (N,) flat positions of the packed tokens in the (B*T) grid; None: no padding
     batch: int
     seq_len: int
     groups: list[Group]
-    first: Tensor  # (B,) packed index of each input row's first real token ([CLS] / <s>)
+    heads: Tensor  # (B,) packed index of each sequence's first real token ([CLS] / <s>), in packing order
+    restore: Tensor | None  # (B,) position of each input row in packing order; None: the same order
+
+    @property
+    def first(self) -> Tensor:
+        """(B,) packed index of each input row's first real token."""
+        return self.heads_to_input_order(self.heads)
+
+    def heads_to_input_order(self, heads: Tensor) -> Tensor:
+        """(B, ...) rows in packing order -> in input order"""
+        return heads if self.restore is None else heads[self.restore]
 
     @staticmethod
     def from_mask(attention_mask: Tensor | None, shape: tuple[int, int], device) -> "Packing":
         batch, seq_len = shape
         if attention_mask is None or bool(attention_mask.all()):
-            first = torch.arange(batch, device=device) * seq_len
-            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None)], first)
+            heads = torch.arange(batch, device=device) * seq_len
+            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None)], heads,
+                           None)
         mask = attention_mask.bool()
         lengths = mask.sum(1)  # (B,)
         order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
@@ -60,9 +74,9 @@ class Packing:
         # Flat grid positions of real tokens, sequence by sequence in `order` (any mask layout works).
         rows, cols = mask[order].nonzero(as_tuple=True)
         indices = order[rows] * seq_len + cols  # (N,)
-        starts = torch.cumsum(lengths[order], 0) - lengths[order]
-        first = torch.empty_like(starts).scatter_(0, order, starts)
-        return Packing(indices, batch, seq_len, _groups(sorted_lengths, device), first)
+        heads = torch.cumsum(lengths[order], 0) - lengths[order]
+        restore = torch.empty_like(order).scatter_(0, order, torch.arange(batch, device=device))
+        return Packing(indices, batch, seq_len, _groups(sorted_lengths, device), heads, restore)
 
     def pack(self, grid: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -106,20 +120,25 @@ def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6
 
 class LayerStack(nn.Module):
     """The blocks, run in order; with gradient checkpointing their activations are recomputed in backward.
-    Its one attribute, `layer`, is the checkpoints' "encoder.layer.N" / "transformer.layer.N"."""
+    Its one attribute, `layer`, is the checkpoints' "encoder.layer.N" / "transformer.layer.N".
+
+    With heads_only, the last block computes only each sequence's first token, the one a classification head
+    reads: its other outputs would be thrown away, and its queries, MLP and norms are most of a block's work."""
 
     def __init__(self, blocks):
         super().__init__()
         self.layer = nn.ModuleList(blocks)
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, packing: Packing) -> Tensor:
-        for block in self.layer:
+    def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:
+        """(N, H) -> (N, H), or (B, H) in input order with heads_only"""
+        for i, block in enumerate(self.layer):
+            last = heads_only and i == len(self.layer) - 1
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, packing, use_reentrant=False)
+                x = checkpoint(block, x, packing, last, use_reentrant=False)
             else:
-                x = block(x, packing)
-        return x
+                x = block(x, packing, last)
+        return packing.heads_to_input_order(x) if heads_only else x
 
 
 def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tensor | None):
@@ -134,14 +153,21 @@ def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tens
     return (cut(input_ids), cut(attention_mask), *(cut(t) for t in others))
 
 
-def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
-    """Multi-head attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H).
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float,
+                     heads_only: bool = False) -> Tensor:
+    """Multi-head attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H); with
+    heads_only, q holds only each sequence's first token, (B, H) in packing order, and so does the result.
     Each group of similar-length sequences gets its own small grid."""
+    # One split per tensor, not a slice per group: each slice's backward would fill a whole (N, H) gradient.
+    tokens = [g.end - g.start for g in packing.groups]
+    ks, vs = k.split(tokens), v.split(tokens)
+    qs = q.split([g.seqs for g in packing.groups] if heads_only else tokens)
     out = []
-    for g in packing.groups:
-        qg, kg, vg = (g.to_grid(t, num_heads) for t in (q, k, v))  # each (S, nh, L, d)
-        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.key_mask, dropout_p=dropout_p)  # (S, nh, L, d)
-        out.append(g.from_grid(o))  # (n, H)
+    for g, qi, ki, vi in zip(packing.groups, qs, ks, vs):
+        kg, vg = g.to_grid(ki, num_heads), g.to_grid(vi, num_heads)  # each (S, nh, L, d)
+        qg = g.heads_grid(qi, num_heads) if heads_only else g.to_grid(qi, num_heads)  # (S, nh, 1 or L, d)
+        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.key_mask, dropout_p=dropout_p)  # like qg
+        out.append(o.reshape(g.seqs, -1) if heads_only else g.from_grid(o))  # (S, H) or (n, H)
     return out[0] if len(out) == 1 else torch.cat(out)
 
 

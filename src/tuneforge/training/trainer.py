@@ -49,6 +49,30 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def reuse_freed_memory():
+    """Keep memory freed during training in the process, for the next step, instead of handing it back to the OS.
+
+    Each step frees and re-allocates the same large buffers (the word-embedding gradient alone is tens of MB);
+    glibc serves those with fresh mmap()s whose page faults cost about a tenth of a step on CPU. glibc only; its
+    defaults come back, and the kept memory is returned, when training ends."""
+    import ctypes
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        yield
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, 65536)
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+        libc.malloc_trim(0)
+
+
 class Trainer:
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, model_init=None,
@@ -208,6 +232,10 @@ class Trainer:
         return window_loss
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
+        with reuse_freed_memory():
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         args, state = self.args, self.state
         rows = self._rows(self.train_dataset, "train_dataset")
         self._check_labels(self.train_dataset, "train_dataset")
