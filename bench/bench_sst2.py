@@ -3,7 +3,7 @@
 Packaged MiniLM on SST-2: N training phrases, batch 32, one epoch, evaluation on the 872 test sentences, T threads.
 Each library runs in its own subprocess (so peak RSS is its own); the parent prints the table and the ratios.
 
-    .venv/bin/python bench/bench_sst2.py                 # dynamic padding (the reference's default)
+    .venv/bin/python bench/bench_sst2.py --rounds 3      # dynamic padding (the reference's default)
     .venv/bin/python bench/bench_sst2.py --padding max_length --ref-train-size 64
 """
 from __future__ import annotations
@@ -13,13 +13,13 @@ import csv
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
-PEAK_MATMUL = 138e9  # measured fp32 GFLOP/s of this machine (DESIGN.md); the run measures its own too
 
 
 def read_tsv(name, limit=None):
@@ -105,41 +105,46 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", choices=["tuneforge", "transformers"])
+    p.add_argument("--rounds", type=int, default=1, help="run both libraries this many times; print medians")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         print(json.dumps(run_one(a.child, a.train_size, a.padding, a.batch, a.threads)))
         return
-    results = {}
-    for lib in ("tuneforge", "transformers"):
-        if a.only and lib != a.only:
-            continue
-        size = a.ref_train_size if lib == "transformers" and a.ref_train_size else a.train_size
-        cmd = [sys.executable, __file__, "--child", lib, "--train-size", str(size), "--padding", a.padding,
-               "--batch", str(a.batch), "--threads", str(a.threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode:
-            sys.exit(f"{lib} failed:\n{out.stderr[-3000:]}")
-        results[lib] = json.loads(out.stdout.strip().splitlines()[-1])
-    peak = measure_peak(a.threads)
-    print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, {a.threads} threads; "
-          f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
-    print(f"{'':22}" + "".join(f"{lib:>14}" for lib in results) + ("      ratio" if len(results) == 2 else ""))
+    libs = [lib for lib in ("tuneforge", "transformers") if not a.only or lib == a.only]
+    rounds = []  # the machine's speed drifts: alternate the libraries, compare within a round, take medians
+    for _ in range(a.rounds):
+        results = {}
+        for lib in libs:
+            size = a.ref_train_size if lib == "transformers" and a.ref_train_size else a.train_size
+            cmd = [sys.executable, __file__, "--child", lib, "--train-size", str(size), "--padding", a.padding,
+                   "--batch", str(a.batch), "--threads", str(a.threads)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode:
+                sys.exit(f"{lib} failed:\n{out.stderr[-3000:]}")
+            results[lib] = json.loads(out.stdout.strip().splitlines()[-1])
+        peak = measure_peak(a.threads)
+        for r in results.values():
+            r["peak_share"] = r["train_tokens_per_s"] * r["flops_per_token"] / peak
+        rounds.append((peak, results))
+    median = statistics.median
+    print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, {a.threads} threads, "
+          f"median of {a.rounds} round(s); measured fp32 matmul peak {median(p for p, _ in rounds) / 1e9:.0f} GFLOP/s")
+    print(f"{'':22}" + "".join(f"{lib:>14}" for lib in libs) + ("      ratio" if len(libs) == 2 else ""))
     rows = [("train samples/s", "train_samples_per_s", "{:.1f}"), ("eval samples/s", "eval_samples_per_s", "{:.1f}"),
             ("train real tokens/s", "train_tokens_per_s", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"),
-            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("train phrases", "train_size", "{}")]
+            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("share of matmul peak", "peak_share", "{:.0%}"),
+            ("train phrases", "train_size", "{:.0f}")]
     for label, key, fmt in rows:
-        line = f"{label:22}" + "".join(f"{fmt.format(r[key]):>14}" for r in results.values())
-        if len(results) == 2 and key not in ("accuracy", "train_size"):
-            line += f"{results['tuneforge'][key] / results['transformers'][key]:>10.2f}x"
+        line = f"{label:22}" + "".join(f"{fmt.format(median(r[lib][key] for _, r in rounds)):>14}" for lib in libs)
+        if len(libs) == 2 and key not in ("accuracy", "train_size", "peak_share"):
+            ratios = [r["tuneforge"][key] / r["transformers"][key] for _, r in rounds]
+            line += f"{median(ratios):>10.2f}x" + (f"  ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else "")
         print(line)
-    for lib, r in results.items():
-        share = r["train_tokens_per_s"] * r["flops_per_token"] / peak
-        print(f"{lib}: {share:.0%} of the measured matmul peak spent on real tokens in training "
-              f"({r['flops_per_token'] / 1e6:.0f} MFLOP per token)")
-    print(json.dumps(results))
-
+    print("share of matmul peak: the model's matmul FLOPs per real token x real tokens/s, over the measured peak "
+          f"({rounds[0][1][libs[0]]['flops_per_token'] / 1e6:.0f} MFLOP per token)")
+    print(json.dumps(rounds))
 
 if __name__ == "__main__":
     main()
