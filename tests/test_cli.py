@@ -502,3 +502,17 @@ def test_train_under_torchrun(tiny_dir, data, tmp_path):
     from tuneforge import AutoModelForSequenceClassification
     assert AutoModelForSequenceClassification.from_pretrained(output).config.id2label == {0: "neg", 1: "neutral",
                                                                                          2: "pos"}
+
+
+def test_the_same_seed_trains_the_same_model(tiny_dir, data, tmp_path):
+    """The fresh head's initial weights come from --seed too, whatever the process's RNG was before."""
+    from safetensors.torch import load_file
+    weights = []
+    for run_id, process_seed in enumerate((1, 2)):
+        torch.manual_seed(process_seed)
+        output = tmp_path / f"out{run_id}"
+        code, _, err = tiny_train(tiny_dir, data["train"], output, "--eval", data["eval"], "--epochs", 1)
+        assert code == 0, err
+        weights.append(load_file(output / "model.safetensors"))
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

@@ -35,7 +35,7 @@ from .tokenizer import AutoTokenizer
 from .training.arguments import TrainingArguments
 from .training.callbacks import TrainerCallback
 from .training.checkpoint import sorted_checkpoints
-from .training.trainer import Trainer
+from .training.trainer import Trainer, set_seed
 
 DEFAULT_JOB = Path(__file__).resolve().parent / "default_job"
 DEFAULT_TRAIN = DEFAULT_JOB / "reviews_train.csv"
@@ -559,6 +559,7 @@ def cmd_train(opts):
         note(f"no --eval file: holding out a seeded {EVAL_SHARE:.0%} of {train_path} ({len(eval_set)} rows) "
              "for evaluation")
 
+    set_seed(args.seed)  # the fresh head's initial weights come from the seed too
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, id2label=id2label, label2id={name: i for i, name in id2label.items()},
         problem_type="single_label_classification",
