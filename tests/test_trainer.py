@@ -462,3 +462,29 @@ def test_training_reuses_freed_memory_and_gives_it_back(tmp_path):
     Trainer(model=tiny_model(), args=args, train_dataset=make_data(24), callbacks=[Probe()]).train()
     assert mmapped == [0, 0, 0]
     assert resident() < kept[-1] - 48 * 2**20, "the kept 64 MB are returned when training ends"
+
+
+def test_torch_compile_compiles_once_for_batches_of_every_length(tmp_path):
+    """Packing and the per-length attention groups stay out of the graph: batches with new lengths and group
+    structures reuse the compiled code instead of compiling again (which took a minute per step)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+
+    class CountGraphs(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            graphs.append(counters["stats"]["unique_graphs"])
+
+    data = make_data(32)
+    assert len({len(r["input_ids"]) for r in data}) > 4, "batches must differ in lengths for this to mean anything"
+    weights = []
+    for compiled in (True, False):
+        model = tiny_model()
+        args = args_for(tmp_path, per_device_train_batch_size=4, max_steps=8, torch_compile=compiled)
+        Trainer(model=model, args=args, train_dataset=data, callbacks=[CountGraphs()] if compiled else []).train()
+        weights.append(model.state_dict())
+    assert graphs[0] > 0, "the model was compiled"
+    assert graphs[-1] == graphs[1], f"graphs compiled after each step: {graphs}"
+    for key in weights[1]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], atol=1e-5, rtol=1e-4, msg=key)

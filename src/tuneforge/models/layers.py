@@ -61,6 +61,7 @@ class Packing:
         return heads if self.restore is None else heads[self.restore]
 
     @staticmethod
+    @torch.compiler.disable  # data-dependent lengths: traced, every new batch would compile again
     def from_mask(attention_mask: Tensor | None, shape: tuple[int, int], device) -> "Packing":
         batch, seq_len = shape
         if attention_mask is None or bool(attention_mask.all()):
@@ -141,6 +142,7 @@ class LayerStack(nn.Module):
         return packing.heads_to_input_order(x) if heads_only else x
 
 
+@torch.compiler.disable  # like Packing.from_mask
 def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tensor | None):
     """Drop trailing columns that are padding in every row (e.g. padding="max_length"), before any compute."""
     if attention_mask is None:
@@ -153,6 +155,7 @@ def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tens
     return (cut(input_ids), cut(attention_mask), *(cut(t) for t in others))
 
 
+@torch.compiler.disable  # a Python loop over the batch's length groups, different for every batch
 def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float,
                      heads_only: bool = False) -> Tensor:
     """Multi-head attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H); with

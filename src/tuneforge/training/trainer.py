@@ -424,7 +424,7 @@ class Trainer:
         self.model.to(self.dist.device)
         wrapped = self.dist.wrap(self.model, self.args)
         if self.args.torch_compile:
-            wrapped = torch.compile(wrapped)
+            wrapped = torch.compile(wrapped, dynamic=True)  # the packed token count changes every batch
         self.model_wrapped = wrapped
 
     def _to_device(self, batch: dict) -> dict:
