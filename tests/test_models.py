@@ -312,6 +312,33 @@ def test_dropout_keeps_the_distribution_and_gradient():
     assert torch.equal(drop.eval()(x), x)
 
 
+def test_first_token_attention_equals_attention_on_projected_keys_and_values():
+    """The last block under a classification head folds the key and value projections into its B queries; the
+    attention, and every gradient, equal projecting all tokens and attending from the first one."""
+    import torch.nn.functional as F
+    from tuneforge.models.layers import Packing, first_token_attention
+    torch.manual_seed(0)
+    lengths = [9, 40, 1, 22, 37, 3, 21, 9]  # not in packing order
+    mask = torch.tensor([[1] * n + [0] * (40 - n) for n in lengths])
+    packing = Packing.from_mask(mask, mask.shape, "cpu")
+    assert len(packing.groups) > 2
+    key, value = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+    x = torch.randn(len(lengths), 40, 32, requires_grad=True)  # (B, T, H)
+    q = torch.randn(len(lengths), 32, requires_grad=True)  # (B, H), one query per sequence in input order
+    packed_q = q[torch.argsort(packing.restore)]  # (B, H) in packing order
+    got = packing.heads_to_input_order(first_token_attention(packed_q, packing.pack(x), key, value, packing, 4, 0.0))
+    k, v = (proj(x).view(len(lengths), 40, 4, 8).transpose(1, 2) for proj in (key, value))  # (B, nh, T, d)
+    want = F.scaled_dot_product_attention(q.view(-1, 4, 1, 8), k, v, attn_mask=mask.bool()[:, None, None, :])
+    want = want.reshape(len(lengths), 32)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(want)
+    tensors = [x, q, key.weight, key.bias, value.weight, value.bias]
+    grads_got = torch.autograd.grad(got, tensors, upstream)
+    grads_want = torch.autograd.grad(want, tensors, upstream)
+    for name, a, b in zip(["x", "q", "key.weight", "key.bias", "value.weight", "value.bias"], grads_got, grads_want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_attention_groups_equal_one_padded_grid():
     """Bucketing sequences by length for attention changes nothing but the work done."""
     import torch.nn.functional as F

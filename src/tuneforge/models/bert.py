@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from ..checkpoint_io import PreTrainedModel
 from .config import Config
-from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions, packed_attention,
-                     sequence_classification_loss, trim_padding)
+from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions,
+                     self_attention, sequence_classification_loss, trim_padding)
 
 # ---------------------------------------------------------------------------------------------------- config
 
@@ -108,10 +108,9 @@ class BertLayer(nn.Module):
 
     def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn, out = self.attention.self, self.attention.output
-        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
-        q, k, v = attn.query(h), attn.key(x), attn.value(x)  # q like h, k and v (N, H)
         dropout_p = self.attention_dropout if self.training else 0.0
-        a = packed_attention(q, k, v, packing, self.num_heads, dropout_p, heads_only)  # like h
+        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
+        a = self_attention(h, x, packing, attn.query, attn.key, attn.value, self.num_heads, dropout_p)  # like h
         h = out.LayerNorm(h + self.dropout(out.dense(a)))
         m = self.act(self.intermediate.dense(h))  # (B or N, I)
         return self.output.LayerNorm(h + self.dropout(self.output.dense(m)))  # like h

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from ..checkpoint_io import PreTrainedModel
 from .config import Config
-from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions, packed_attention,
-                     sequence_classification_loss, trim_padding)
+from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions,
+                     self_attention, sequence_classification_loss, trim_padding)
 
 DISTILBERT_DEFAULTS = {
     "model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 512, "sinusoidal_pos_embds": False,
@@ -60,10 +60,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn = self.attention
-        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
-        q, k, v = attn.q_lin(h), attn.k_lin(x), attn.v_lin(x)  # q like h, k and v (N, H)
         dropout_p = self.attention_dropout if self.training else 0.0
-        a = packed_attention(q, k, v, packing, self.num_heads, dropout_p, heads_only)  # like h
+        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
+        a = self_attention(h, x, packing, attn.q_lin, attn.k_lin, attn.v_lin, self.num_heads, dropout_p)  # like h
         h = self.sa_layer_norm(attn.out_lin(a) + h)
         f = self.dropout(self.ffn.lin2(self.act(self.ffn.lin1(h))))  # like h
         return self.output_layer_norm(f + h)

@@ -2,6 +2,7 @@
 activations, the sequence-classification loss and the output container."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,6 @@ class Group:
         """(seqs, heads, longest, head_dim) -> (n, H)"""
         flat = grid.transpose(1, 2).reshape(self.seqs * self.longest, -1)
         return flat if self.slots is None else flat[self.slots]
-
-    def heads_grid(self, heads: Tensor, num_heads: int) -> Tensor:
-        """(seqs, H) one row per sequence of this group -> (seqs, heads, 1, head_dim)"""
-        return heads.view(self.seqs, 1, num_heads, -1).transpose(1, 2)
 
 
 @dataclass
@@ -155,32 +152,89 @@ def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tens
     return (cut(input_ids), cut(attention_mask), *(cut(t) for t in others))
 
 
+def self_attention(h: Tensor, x: Tensor, packing: Packing, query: nn.Linear, key: nn.Linear, value: nn.Linear,
+                   num_heads: int, dropout_p: float) -> Tensor:
+    """Multi-head self-attention over packed tokens x (N, H), before the output projection, for the query rows h:
+    all of x -> (N, H), or each sequence's first token, (B, H) in packing order -> (B, H)."""
+    if h is x:
+        return packed_attention(query(x), key(x), value(x), packing, num_heads, dropout_p)
+    return first_token_attention(query(h), x, key, value, packing, num_heads, dropout_p)
+
+
 @torch.compiler.disable  # a Python loop over the batch's length groups, different for every batch
-def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float,
-                     heads_only: bool = False) -> Tensor:
-    """Multi-head attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H); with
-    heads_only, q holds only each sequence's first token, (B, H) in packing order, and so does the result.
-    Each group of similar-length sequences gets its own small grid."""
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
+    """Attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H). Each group of
+    similar-length sequences gets its own small grid."""
     # One split per tensor, not a slice per group: each slice's backward would fill a whole (N, H) gradient.
     tokens = [g.end - g.start for g in packing.groups]
-    ks, vs = k.split(tokens), v.split(tokens)
-    qs = q.split([g.seqs for g in packing.groups] if heads_only else tokens)
     out = []
-    for g, qi, ki, vi in zip(packing.groups, qs, ks, vs):
-        kg, vg = g.to_grid(ki, num_heads), g.to_grid(vi, num_heads)  # each (S, nh, L, d)
-        qg = g.heads_grid(qi, num_heads) if heads_only else g.to_grid(qi, num_heads)  # (S, nh, 1 or L, d)
-        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.key_mask, dropout_p=dropout_p)  # like qg
-        out.append(o.reshape(g.seqs, -1) if heads_only else g.from_grid(o))  # (S, H) or (n, H)
+    for g, qi, ki, vi in zip(packing.groups, q.split(tokens), k.split(tokens), v.split(tokens)):
+        qg, kg, vg = (g.to_grid(t, num_heads) for t in (qi, ki, vi))  # each (S, nh, L, d)
+        out.append(g.from_grid(_attend(qg, kg, vg, g.key_mask, dropout_p)))  # (n, H)
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, dropout_p: float) -> Tensor:
+    """(S, nh, L, d) x3 -> (S, nh, L, d). Without dropout, SDPA's fused kernel. With dropout, SDPA on CPU falls back
+    to its unfused math, whose bernoulli_ mask costs 2.5x the bit draws of `dropout`: written out, it is cheaper."""
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (S, nh, L, L)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask, float("-inf"))
+    return dropout(torch.softmax(scores, -1), dropout_p) @ v
+
+
+@torch.compiler.disable  # like packed_attention
+def first_token_attention(q: Tensor, x: Tensor, key: nn.Linear, value: nn.Linear, packing: Packing,
+                          num_heads: int, dropout_p: float) -> Tensor:
+    """Attention for each sequence's first token over all of its tokens: (B, H) queries in packing order and
+    (N, H) tokens -> (B, H). The key and value projections are folded into the B queries and outputs instead of
+    running on all N tokens (per head h, with attention weights p_j over tokens x_j):
+        q . (Wk x_j + bk) = (Wk^T q) . x_j + q . bk
+        sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv sum_j p_j"""
+    batch, hidden = q.shape
+    d = hidden // num_heads
+    qh = q.view(batch, num_heads, d) * d**-0.5  # (B, nh, d), scaled as in SDPA
+    u = torch.einsum("bhd,hdi->bhi", qh, key.weight.view(num_heads, d, hidden))  # (B, nh, H)
+    shift = (qh * key.bias.view(num_heads, d)).sum(-1, keepdim=True) if key.bias is not None else None  # (B, nh, 1)
+    tokens = [g.end - g.start for g in packing.groups]
+    seqs = [g.seqs for g in packing.groups]
+    mixed, weight_sums = [], []
+    for g, ui, xi, si in zip(packing.groups, u.split(seqs), x.split(tokens),
+                             shift.split(seqs) if shift is not None else [None] * len(seqs)):
+        xg = g.to_grid(xi, 1).squeeze(1)  # (S, L, H)
+        scores = ui @ xg.transpose(1, 2)  # (S, nh, L)
+        if si is not None:
+            scores = scores + si
+        if g.key_mask is not None:
+            scores = scores.masked_fill(~g.key_mask.view(g.seqs, 1, g.longest), float("-inf"))
+        p = dropout(torch.softmax(scores, -1), dropout_p)  # (S, nh, L)
+        mixed.append(p @ xg)  # (S, nh, H)
+        weight_sums.append(p.sum(-1, keepdim=True))  # (S, nh, 1): 1 but for dropout
+    z, p_sum = torch.cat(mixed), torch.cat(weight_sums)  # (B, nh, H), (B, nh, 1)
+    out = torch.einsum("bhi,hdi->bhd", z, value.weight.view(num_heads, d, hidden))  # (B, nh, d)
+    if value.bias is not None:
+        out = out + p_sum * value.bias.view(num_heads, d)
+    return out.reshape(batch, hidden)
+
+
+def _keep_mask(shape: torch.Size, p: float) -> Tensor:
+    """Booleans that are True with probability 1 - p (to within 2^-32), drawn as 64-bit words split in two: the CPU
+    generator costs about the same per word as per float of torch.rand, so this takes half the draws."""
+    n = math.prod(shape)
+    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2**63, None)  # every bit uniform
+    halves = words.view(torch.int32)[:n]  # uniform over [-2^31, 2^31)
+    return (halves >= round(-2**31 + p * 2**32)).view(shape)
+
+
 class _Dropout(torch.autograd.Function):
-    """Inverted dropout with a boolean mask drawn by torch.rand: the same distribution as nn.Dropout, about a third
-    cheaper on CPU than its bernoulli_ draw."""
+    """Inverted dropout with a boolean mask from `_keep_mask`: nn.Dropout's distribution, at about a third of the
+    cost of its bernoulli_ draw on CPU."""
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        keep = torch.rand_like(x) >= p
+        keep = _keep_mask(x.shape, p)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return x * keep * ctx.scale
@@ -191,15 +245,20 @@ class _Dropout(torch.autograd.Function):
         return grad * keep * ctx.scale, None
 
 
+def dropout(x: Tensor, p: float) -> Tensor:
+    """F.dropout in training mode, with the cheaper mask on CPU."""
+    if p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    return _Dropout.apply(x, p)
+
+
 class Dropout(nn.Dropout):
     """nn.Dropout's interface (and state-dict-free), with the cheaper mask on CPU."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if x.device.type != "cpu" or self.p >= 1.0:
-            return F.dropout(x, self.p, True)
-        return _Dropout.apply(x, self.p)
+        return dropout(x, self.p) if self.training else x
 
 
 def gelu_tanh(x: Tensor) -> Tensor:

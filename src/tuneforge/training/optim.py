@@ -33,6 +33,18 @@ def create_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
                              eps=args.adam_epsilon, fused=fused or None, foreach=None if fused else False)
 
 
+def clip_gradients(parameters, max_norm: float, optimizer: torch.optim.Optimizer, sharded: bool) -> torch.Tensor:
+    """Scale the gradients so that their global L2 norm is at most max_norm, like clip_grad_norm_; returns the norm
+    before clipping. A fused AdamW applies the factor itself, through the grad_scale it divides gradients by in its
+    one pass over every tensor (meant for AMP unscaling): that saves a separate multiply over all the gradients."""
+    if sharded or not (isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused")):
+        return nn.utils.clip_grad_norm_(parameters, max_norm)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = nn.utils.get_total_norm(grads)
+    optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp_(min=1.0)  # clip_grad_norm_'s factor, inverted
+    return norm
+
+
 def lr_lambda(kind: str, warmup: int, total: int):
     def linear(step):
         if step < warmup:

@@ -21,7 +21,7 @@ from . import checkpoint, distributed
 from .arguments import TrainingArguments
 from .callbacks import (CallbackHandler, JsonlLogCallback, ProgressCallback, TensorBoardCallback, TrainerControl,
                         TrainerState)
-from .optim import create_optimizer, create_scheduler
+from .optim import clip_gradients, create_optimizer, create_scheduler
 
 logger = logging.getLogger("tuneforge")
 
@@ -225,7 +225,8 @@ class Trainer:
                 (loss * share).backward()
             window_loss += loss.detach().float() * share
         if self.args.max_grad_norm:
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            self._grad_norm = clip_gradients(list(self.model.parameters()), self.args.max_grad_norm, self.optimizer,
+                                             self.dist.fsdp)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
