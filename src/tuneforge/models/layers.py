@@ -53,6 +53,11 @@ class Packing:
         """(B,) packed index of each input row's first real token."""
         return self.heads_to_input_order(self.heads)
 
+    @property
+    def group_tokens(self) -> list[int]:
+        """How many packed tokens each length group holds, in packing order (for Tensor.split)."""
+        return [g.end - g.start for g in self.groups]
+
     def heads_to_input_order(self, heads: Tensor) -> Tensor:
         """(B, ...) rows in packing order -> in input order"""
         return heads if self.restore is None else heads[self.restore]
@@ -166,7 +171,7 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_head
     """Attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H). Each group of
     similar-length sequences gets its own small grid."""
     # One split per tensor, not a slice per group: each slice's backward would fill a whole (N, H) gradient.
-    tokens = [g.end - g.start for g in packing.groups]
+    tokens = packing.group_tokens
     out = []
     for g, qi, ki, vi in zip(packing.groups, q.split(tokens), k.split(tokens), v.split(tokens)):
         qg, kg, vg = (g.to_grid(t, num_heads) for t in (qi, ki, vi))  # each (S, nh, L, d)
@@ -198,8 +203,7 @@ def first_token_attention(q: Tensor, x: Tensor, key: nn.Linear, value: nn.Linear
     qh = q.view(batch, num_heads, d) * d**-0.5  # (B, nh, d), scaled as in SDPA
     u = torch.einsum("bhd,hdi->bhi", qh, key.weight.view(num_heads, d, hidden))  # (B, nh, H)
     shift = (qh * key.bias.view(num_heads, d)).sum(-1, keepdim=True) if key.bias is not None else None  # (B, nh, 1)
-    tokens = [g.end - g.start for g in packing.groups]
-    seqs = [g.seqs for g in packing.groups]
+    tokens, seqs = packing.group_tokens, [g.seqs for g in packing.groups]
     mixed, weight_sums = [], []
     for g, ui, xi, si in zip(packing.groups, u.split(seqs), x.split(tokens),
                              shift.split(seqs) if shift is not None else [None] * len(seqs)):
