@@ -355,9 +355,45 @@ def test_attention_groups_equal_one_padded_grid():
     torch.testing.assert_close(got[mask.bool()], grid[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
-    _, folder = reference_model("distilbert", "cls", tmp_path, num_labels=3, dropout=0.0, attention_dropout=0.0,
-                                   seq_classif_dropout=0.0)
+def test_training_attention_equals_sdpa_and_its_backward_is_exact():
+    """The written-out training attention (forward and backward by hand, per length group): without dropout it equals
+    SDPA on one padded grid, gradients included; with dropout its backward is checked numerically, in float64 and
+    with the same dropout masks at every evaluation, and the dropout is unbiased."""
+    import torch.nn.functional as F
+    from tuneforge.models.layers import Packing, packed_attention_cpu
+    torch.manual_seed(0)
+    lengths = [9, 3, 7, 9, 1, 4]  # groups of equal and unequal lengths, not in length order
+    mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
+    packing = Packing.from_mask(mask, mask.shape, "cpu")
+    assert len(packing.groups) > 2 and any(g.cells is None for g in packing.groups)
+    qkv = torch.randn(len(lengths), 9, 3, 2, 4)  # (B, T, q/k/v, nh, d)
+    packed = packing.pack(qkv.flatten(2)).requires_grad_()  # (N, 3H)
+    got = packed_attention_cpu(packed, packing, 2, 0.0)
+    grid = qkv.clone().requires_grad_()
+    want = F.scaled_dot_product_attention(*(grid[:, :, i].transpose(1, 2) for i in range(3)),
+                                          attn_mask=mask.bool()[:, None, None, :]).transpose(1, 2).flatten(2)
+    want = packing.pack(want)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(got)
+    (grad_got,) = torch.autograd.grad(got, packed, upstream)
+    (grad_want,) = torch.autograd.grad(want, grid, upstream)
+    torch.testing.assert_close(grad_got, packing.pack(grad_want.flatten(2)), atol=1e-5, rtol=1e-5)
+
+    def seeded(x):
+        torch.manual_seed(1)
+        return packed_attention_cpu(x, packing, 2, 0.3)
+    assert torch.autograd.gradcheck(seeded, packed.detach().double().requires_grad_())
+    with torch.no_grad():
+        dropped = torch.stack([packed_attention_cpu(packed, packing, 2, 0.3) for _ in range(4000)])
+    assert not torch.allclose(dropped[0], got)
+    torch.testing.assert_close(dropped.mean(0), got.detach(), atol=0.08, rtol=0)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_gradient_checkpointing_gives_the_same_gradients(dropout, tmp_path):
+    """With dropout, the recomputed forward must draw the same masks as the first one."""
+    _, folder = reference_model("distilbert", "cls", tmp_path, num_labels=3, dropout=dropout,
+                                attention_dropout=dropout, seq_classif_dropout=dropout)
     ids, mask = padded_batch(0)
     labels = torch.tensor([0, 1, 2, 1])
     grads = []
@@ -366,6 +402,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert model.distilbert.transformer.gradient_checkpointing
+        torch.manual_seed(0)
         model(ids, attention_mask=mask, labels=labels).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 
@@ -21,6 +22,7 @@ class Group:
     seqs: int
     longest: int
     slots: Tensor | None  # (n,) grid slot of each token; None when every sequence has the same length
+    cells: tuple[Tensor, Tensor] | None  # the same as (sequence, position) pairs
     key_mask: Tensor | None  # (seqs, 1, 1, longest)
 
     def to_grid(self, x: Tensor, num_heads: int) -> Tensor:
@@ -33,6 +35,14 @@ class Group:
         """(seqs, heads, longest, head_dim) -> (n, H)"""
         flat = grid.transpose(1, 2).reshape(self.seqs * self.longest, -1)
         return flat if self.slots is None else flat[self.slots]
+
+    def scatter(self, x: Tensor, grid: Tensor) -> Tensor:
+        """Write the (n, ...) tokens into a zeroed grid whose view `grid` is (seqs, longest, ...); returns the grid."""
+        return grid.copy_(x.view(grid.shape)) if self.cells is None else grid.index_put_(self.cells, x)
+
+    def gather(self, grid: Tensor) -> Tensor:
+        """(seqs, longest, ...) -> (n, ...)"""
+        return grid.reshape(-1, *grid.shape[2:]) if self.cells is None else grid[self.cells]
 
 
 @dataclass
@@ -68,7 +78,7 @@ class Packing:
         batch, seq_len = shape
         if attention_mask is None or bool(attention_mask.all()):
             heads = torch.arange(batch, device=device) * seq_len
-            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None)], heads,
+            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None, None)], heads,
                            None)
         mask = attention_mask.bool()
         lengths = mask.sum(1)  # (B,)
@@ -111,12 +121,13 @@ def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6
         group_lengths = lengths[a:b]
         longest, n = group_lengths[0], sum(group_lengths)
         if all(x == longest for x in group_lengths):
-            groups.append(Group(start, start + n, b - a, longest, None, None))
+            groups.append(Group(start, start + n, b - a, longest, None, None, None))
         else:
             lens = torch.tensor(group_lengths, device=device)
             real = torch.arange(longest, device=device) < lens[:, None]  # (seqs, longest)
-            slots = real.flatten().nonzero().squeeze(1)
-            groups.append(Group(start, start + n, b - a, longest, slots, real[:, None, None, :]))
+            seq, pos = real.nonzero(as_tuple=True)
+            slots = seq * longest + pos
+            groups.append(Group(start, start + n, b - a, longest, slots, (seq, pos), real[:, None, None, :]))
         start += n
     return groups
 
@@ -161,33 +172,97 @@ def self_attention(h: Tensor, x: Tensor, packing: Packing, query: nn.Linear, key
                    num_heads: int, dropout_p: float) -> Tensor:
     """Multi-head self-attention over packed tokens x (N, H), before the output projection, for the query rows h:
     all of x -> (N, H), or each sequence's first token, (B, H) in packing order -> (B, H)."""
-    if h is x:
-        return packed_attention(query(x), key(x), value(x), packing, num_heads, dropout_p)
-    return first_token_attention(query(h), x, key, value, packing, num_heads, dropout_p)
+    if h is not x:
+        return first_token_attention(query(h), x, key, value, packing, num_heads, dropout_p)
+    if x.device.type == "cpu" and (dropout_p > 0.0 or torch.is_grad_enabled()):
+        return packed_attention_cpu(fused_qkv(x, query, key, value), packing, num_heads, dropout_p)
+    return packed_attention(query(x), key(x), value(x), packing, num_heads, dropout_p)
+
+
+def fused_qkv(x: Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> Tensor:
+    """(N, H) -> (N, 3H): the three projections as one GEMM, forward and backward."""
+    biases = [query.bias, key.bias, value.bias]
+    if any(b is None for b in biases) and not all(b is None for b in biases):
+        return torch.cat([query(x), key(x), value(x)], 1)
+    bias = None if biases[0] is None else torch.cat(biases)
+    return F.linear(x, torch.cat([query.weight, key.weight, value.weight]), bias)
 
 
 @torch.compiler.disable  # a Python loop over the batch's length groups, different for every batch
 def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
     """Attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H). Each group of
-    similar-length sequences gets its own small grid."""
+    similar-length sequences gets its own small grid, and SDPA's fused kernel."""
     # One split per tensor, not a slice per group: each slice's backward would fill a whole (N, H) gradient.
     tokens = packing.group_tokens
     out = []
     for g, qi, ki, vi in zip(packing.groups, q.split(tokens), k.split(tokens), v.split(tokens)):
         qg, kg, vg = (g.to_grid(t, num_heads) for t in (qi, ki, vi))  # each (S, nh, L, d)
-        out.append(g.from_grid(_attend(qg, kg, vg, g.key_mask, dropout_p)))  # (n, H)
+        out.append(g.from_grid(F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.key_mask, dropout_p=dropout_p)))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, dropout_p: float) -> Tensor:
-    """(S, nh, L, d) x3 -> (S, nh, L, d). Without dropout, SDPA's fused kernel. With dropout, SDPA on CPU falls back
-    to its unfused math, whose bernoulli_ mask costs 2.5x the bit draws of `dropout`: written out, it is cheaper."""
-    if dropout_p == 0.0 or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (S, nh, L, L)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask, float("-inf"))
-    return dropout(torch.softmax(scores, -1), dropout_p) @ v
+@torch.compiler.disable  # like packed_attention
+def packed_attention_cpu(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
+    """packed_attention for training on CPU, from the fused (N, 3H) projections."""
+    return _PackedAttention.apply(qkv, packing, num_heads, dropout_p)
+
+
+class _PackedAttention(torch.autograd.Function):
+    """Attention over packed tokens with forward and backward written out, per length group: (N, 3H) -> (N, H).
+    On CPU, SDPA with dropout falls back to unfused maths whose bernoulli_ mask costs 2.5x the bit draws of
+    `_keep_mask`, and autograd's bookkeeping for the ~50 small operations per group costs more than their maths."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
+        hidden = qkv.shape[1] // 3
+        d = hidden // num_heads
+        out, saved = [], []
+        for g, part in zip(packing.groups, qkv.split(packing.group_tokens)):
+            seqs, longest = g.seqs, g.longest
+            grid = (part.new_empty if g.cells is None else part.new_zeros)(3, seqs, num_heads, longest, d)
+            g.scatter(part.view(-1, 3, num_heads, d), grid.permute(1, 3, 0, 2, 4))
+            grid = grid.view(3, seqs * num_heads, longest, d)
+            q, k, v = grid  # each (S*nh, L, d)
+            scores = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)  # (S*nh, L, L)
+            if g.key_mask is not None:
+                scores.view(seqs, num_heads, longest, longest).masked_fill_(~g.key_mask, float("-inf"))
+            probs = torch.softmax(scores, -1)
+            keep = _keep_mask(probs.shape, dropout_p) if dropout_p > 0.0 else None
+            dropped = probs if keep is None else (probs * keep).mul_(1.0 / (1.0 - dropout_p))
+            mixed = torch.bmm(dropped, v).view(seqs, num_heads, longest, d).transpose(1, 2)  # (S, L, nh, d)
+            out.append(g.gather(mixed).reshape(-1, hidden))  # (n, H)
+            saved += [grid, probs, dropped, keep]
+        ctx.save_for_backward(*saved)
+        ctx.packing, ctx.num_heads, ctx.dropout_p = packing, num_heads, dropout_p
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        packing, num_heads, p = ctx.packing, ctx.num_heads, ctx.dropout_p
+        hidden = grad.shape[1]
+        d = hidden // num_heads
+        saved = ctx.saved_tensors
+        grads = []
+        for i, (g, part) in enumerate(zip(packing.groups, grad.split(packing.group_tokens))):
+            grid, probs, dropped, keep = saved[4 * i:4 * i + 4]
+            seqs, longest = g.seqs, g.longest
+            q, k, v = grid
+            d_mixed = (part.new_empty if g.cells is None else part.new_zeros)(seqs, num_heads, longest, d)
+            g.scatter(part.view(-1, num_heads, d), d_mixed.transpose(1, 2))
+            d_mixed = d_mixed.view(seqs * num_heads, longest, d)
+            d_grid = torch.empty_like(grid)
+            dq, dk, dv = d_grid
+            torch.bmm(dropped.transpose(1, 2), d_mixed, out=dv)
+            d_probs = torch.bmm(d_mixed, v.transpose(1, 2))  # (S*nh, L, L)
+            if keep is not None:
+                d_probs.mul_(keep).mul_(1.0 / (1.0 - p))
+            d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
+            torch.baddbmm(dq, d_scores, k, beta=0, alpha=d**-0.5, out=dq)
+            torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0, alpha=d**-0.5, out=dk)
+            d_grid = d_grid.view(3, seqs, num_heads, longest, d).permute(1, 3, 0, 2, 4)  # (S, L, 3, nh, d)
+            grads.append(g.gather(d_grid).reshape(-1, 3 * hidden))  # (n, 3H)
+        return (grads[0] if len(grads) == 1 else torch.cat(grads)), None, None, None
 
 
 @torch.compiler.disable  # like packed_attention
