@@ -338,6 +338,17 @@ def test_first_token_attention_equals_attention_on_projected_keys_and_values():
     for name, a, b in zip(["x", "q", "key.weight", "key.bias", "value.weight", "value.bias"], grads_got, grads_want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
+    # With dropout, the backward is checked numerically, with the same masks at every evaluation.
+    small = Packing.from_mask(mask[:, :6], (len(lengths), 6), "cpu")
+    k64, v64 = torch.nn.Linear(32, 32).double(), torch.nn.Linear(32, 32).double()
+
+    def seeded(q, x):
+        torch.manual_seed(1)
+        return first_token_attention(q, x, k64, v64, small, 4, 0.3)
+    inputs = (torch.randn(len(lengths), 32, dtype=torch.float64, requires_grad=True),
+              torch.randn(int(mask[:, :6].sum()), 32, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(seeded, inputs)
+    assert not torch.allclose(seeded(*inputs), first_token_attention(*inputs, k64, v64, small, 4, 0.0))
 
 def test_attention_groups_equal_one_padded_grid():
     """Bucketing sequences by length for attention changes nothing but the work done."""

@@ -278,31 +278,64 @@ def first_token_attention(q: Tensor, x: Tensor, key: nn.Linear, value: nn.Linear
     qh = q.view(batch, num_heads, d) * d**-0.5  # (B, nh, d), scaled as in SDPA
     u = torch.einsum("bhd,hdi->bhi", qh, key.weight.view(num_heads, d, hidden))  # (B, nh, H)
     shift = (qh * key.bias.view(num_heads, d)).sum(-1, keepdim=True) if key.bias is not None else None  # (B, nh, 1)
-    tokens, seqs = packing.group_tokens, [g.seqs for g in packing.groups]
-    mixed, weight_sums = [], []
-    for g, ui, xi, si in zip(packing.groups, u.split(seqs), x.split(tokens),
-                             shift.split(seqs) if shift is not None else [None] * len(seqs)):
-        xg = g.to_grid(xi, 1).squeeze(1)  # (S, L, H)
-        scores = ui @ xg.transpose(1, 2)  # (S, nh, L)
-        if si is not None:
-            scores = scores + si
-        if g.key_mask is not None:
-            scores = scores.masked_fill(~g.key_mask.view(g.seqs, 1, g.longest), float("-inf"))
-        p = dropout(torch.softmax(scores, -1), dropout_p)  # (S, nh, L)
-        mixed.append(p @ xg)  # (S, nh, H)
-        weight_sums.append(p.sum(-1, keepdim=True))  # (S, nh, 1): 1 but for dropout
-    z, p_sum = torch.cat(mixed), torch.cat(weight_sums)  # (B, nh, H), (B, nh, 1)
+    z, p_sum = _FirstTokenMix.apply(u, shift, x, packing, dropout_p)  # (B, nh, H), (B, nh, 1)
     out = torch.einsum("bhi,hdi->bhd", z, value.weight.view(num_heads, d, hidden))  # (B, nh, d)
     if value.bias is not None:
         out = out + p_sum * value.bias.view(num_heads, d)
     return out.reshape(batch, hidden)
 
 
-def _keep_mask(shape: torch.Size, p: float) -> Tensor:
+class _FirstTokenMix(torch.autograd.Function):
+    """first_token_attention's per-group part with forward and backward written out, for the reasons of
+    _PackedAttention: folded queries u (B, nh, H), their key-bias shift (B, nh, 1) or None, and the tokens x (N, H)
+    -> the attention-weighted token sums (B, nh, H) and the weight sums (B, nh, 1), 1 but for dropout."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, shift: Tensor | None, x: Tensor, packing: Packing, dropout_p: float):
+        seqs = [g.seqs for g in packing.groups]
+        shifts = shift.split(seqs) if shift is not None else [None] * len(seqs)
+        mixed, sums, saved = [], [], []
+        for g, ui, si, xi in zip(packing.groups, u.split(seqs), shifts, x.split(packing.group_tokens)):
+            grid = (g.seqs, g.longest, x.shape[1])
+            xg = xi.view(grid) if g.cells is None else g.scatter(xi, xi.new_zeros(grid))  # (S, L, H)
+            scores = torch.bmm(ui, xg.transpose(1, 2)) if si is None else torch.baddbmm(si, ui, xg.transpose(1, 2))
+            if g.key_mask is not None:  # scores: (S, nh, L)
+                scores.masked_fill_(~g.key_mask.view(g.seqs, 1, g.longest), float("-inf"))
+            probs = torch.softmax(scores, -1)
+            keep = _keep_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0.0 else None
+            dropped = probs if keep is None else (probs * keep).mul_(1.0 / (1.0 - dropout_p))
+            mixed.append(torch.bmm(dropped, xg))  # (S, nh, H)
+            sums.append(dropped.sum(-1, keepdim=True))  # (S, nh, 1)
+            saved += [ui, xg, probs, dropped, keep]
+        ctx.save_for_backward(*saved)
+        ctx.packing, ctx.dropout_p, ctx.has_shift = packing, dropout_p, shift is not None
+        return torch.cat(mixed), torch.cat(sums)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mixed: Tensor, grad_sums: Tensor):
+        packing, p = ctx.packing, ctx.dropout_p
+        seqs = [g.seqs for g in packing.groups]
+        saved = ctx.saved_tensors
+        du, dshift, dx = [], [], []
+        for i, (g, dmi, dsi) in enumerate(zip(packing.groups, grad_mixed.split(seqs), grad_sums.split(seqs))):
+            ui, xg, probs, dropped, keep = saved[5 * i:5 * i + 5]
+            d_dropped = torch.baddbmm(dsi, dmi, xg.transpose(1, 2))  # (S, nh, L)
+            dxg = torch.bmm(dropped.transpose(1, 2), dmi)  # (S, L, H)
+            if keep is not None:
+                d_dropped.mul_(keep).mul_(1.0 / (1.0 - p))
+            d_scores = torch._softmax_backward_data(d_dropped, probs, -1, probs.dtype)
+            du.append(torch.bmm(d_scores, xg))  # (S, nh, H)
+            dshift.append(d_scores.sum(-1, keepdim=True))
+            dx.append(g.gather(dxg.baddbmm_(d_scores.transpose(1, 2), ui)))  # (n, H)
+        return torch.cat(du), torch.cat(dshift) if ctx.has_shift else None, torch.cat(dx), None, None
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> Tensor:
     """Booleans that are True with probability 1 - p (to within 2^-32), drawn as 64-bit words split in two: the CPU
     generator costs about the same per word as per float of torch.rand, so this takes half the draws."""
     n = math.prod(shape)
-    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2**63, None)  # every bit uniform
+    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-2**63, None)  # every bit uniform
     halves = words.view(torch.int32)[:n]  # uniform over [-2^31, 2^31)
     return (halves >= round(-2**31 + p * 2**32)).view(shape)
 
