@@ -349,12 +349,12 @@ class _Dropout(torch.autograd.Function):
         keep = _keep_mask(x.shape, p)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
-        return x * keep * ctx.scale
+        return (x * keep).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None
+        return (grad * keep).mul_(ctx.scale), None
 
 
 def dropout(x: Tensor, p: float) -> Tensor:
