@@ -21,28 +21,26 @@ class Group:
     end: int
     seqs: int
     longest: int
-    slots: Tensor | None  # (n,) grid slot of each token; None when every sequence has the same length
-    cells: tuple[Tensor, Tensor] | None  # the same as (sequence, position) pairs
+    cells: tuple[Tensor, Tensor] | None  # (n,) x2: each token's (sequence, position); None if all equally long
     key_mask: Tensor | None  # (seqs, 1, 1, longest)
 
-    def to_grid(self, x: Tensor, num_heads: int) -> Tensor:
-        """(n, H) this group's tokens -> (seqs, heads, longest, head_dim)"""
-        if self.slots is not None:
-            x = x.new_zeros(self.seqs * self.longest, x.shape[1]).index_copy(0, self.slots, x)
-        return x.view(self.seqs, self.longest, num_heads, -1).transpose(1, 2)
-
-    def from_grid(self, grid: Tensor) -> Tensor:
-        """(seqs, heads, longest, head_dim) -> (n, H)"""
-        flat = grid.transpose(1, 2).reshape(self.seqs * self.longest, -1)
-        return flat if self.slots is None else flat[self.slots]
-
     def scatter(self, x: Tensor, grid: Tensor) -> Tensor:
-        """Write the (n, ...) tokens into a zeroed grid whose view `grid` is (seqs, longest, ...); returns the grid."""
+        """Write the (n, ...) tokens into `grid`, a zeroed (seqs, longest, ...) tensor or view; returns it."""
         return grid.copy_(x.view(grid.shape)) if self.cells is None else grid.index_put_(self.cells, x)
 
     def gather(self, grid: Tensor) -> Tensor:
         """(seqs, longest, ...) -> (n, ...)"""
         return grid.reshape(-1, *grid.shape[2:]) if self.cells is None else grid[self.cells]
+
+    def to_grid(self, x: Tensor, num_heads: int) -> Tensor:
+        """(n, H) this group's tokens -> (seqs, heads, longest, head_dim)"""
+        shape = (self.seqs, self.longest, x.shape[1])
+        grid = x.view(shape) if self.cells is None else self.scatter(x, x.new_zeros(shape))
+        return grid.view(self.seqs, self.longest, num_heads, -1).transpose(1, 2)
+
+    def from_grid(self, grid: Tensor) -> Tensor:
+        """(seqs, heads, longest, head_dim) -> (n, H)"""
+        return self.gather(grid.transpose(1, 2)).flatten(1)
 
 
 @dataclass
@@ -78,7 +76,7 @@ class Packing:
         batch, seq_len = shape
         if attention_mask is None or bool(attention_mask.all()):
             heads = torch.arange(batch, device=device) * seq_len
-            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None, None)], heads,
+            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None)], heads,
                            None)
         mask = attention_mask.bool()
         lengths = mask.sum(1)  # (B,)
@@ -121,13 +119,11 @@ def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6
         group_lengths = lengths[a:b]
         longest, n = group_lengths[0], sum(group_lengths)
         if all(x == longest for x in group_lengths):
-            groups.append(Group(start, start + n, b - a, longest, None, None, None))
+            groups.append(Group(start, start + n, b - a, longest, None, None))
         else:
             lens = torch.tensor(group_lengths, device=device)
             real = torch.arange(longest, device=device) < lens[:, None]  # (seqs, longest)
-            seq, pos = real.nonzero(as_tuple=True)
-            slots = seq * longest + pos
-            groups.append(Group(start, start + n, b - a, longest, slots, (seq, pos), real[:, None, None, :]))
+            groups.append(Group(start, start + n, b - a, longest, real.nonzero(as_tuple=True), real[:, None, None, :]))
         start += n
     return groups
 
@@ -296,8 +292,7 @@ class _FirstTokenMix(torch.autograd.Function):
         shifts = shift.split(seqs) if shift is not None else [None] * len(seqs)
         mixed, sums, saved = [], [], []
         for g, ui, si, xi in zip(packing.groups, u.split(seqs), shifts, x.split(packing.group_tokens)):
-            grid = (g.seqs, g.longest, x.shape[1])
-            xg = xi.view(grid) if g.cells is None else g.scatter(xi, xi.new_zeros(grid))  # (S, L, H)
+            xg = g.to_grid(xi, 1).squeeze(1)  # (S, L, H)
             scores = torch.bmm(ui, xg.transpose(1, 2)) if si is None else torch.baddbmm(si, ui, xg.transpose(1, 2))
             if g.key_mask is not None:  # scores: (S, nh, L)
                 scores.masked_fill_(~g.key_mask.view(g.seqs, 1, g.longest), float("-inf"))
