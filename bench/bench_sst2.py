@@ -3,7 +3,7 @@
 Packaged MiniLM on SST-2: N training phrases, batch 32, one epoch, evaluation on the 872 test sentences, T threads.
 Each library runs in its own subprocess (so peak RSS is its own); the parent prints the table and the ratios.
 
-    .venv/bin/python bench/bench_sst2.py --rounds 3      # dynamic padding (the reference's default)
+    .venv/bin/python bench/bench_sst2.py --rounds 5      # dynamic padding (the reference's default)
     .venv/bin/python bench/bench_sst2.py --padding max_length --ref-train-size 64
 """
 from __future__ import annotations
