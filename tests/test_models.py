@@ -112,6 +112,34 @@ def test_gradients_match_reference(model_type, lengths, extra_padding, tmp_path)
         torch.testing.assert_close(p.grad, ref_grads[name].grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("backward_under_autocast", [True, False], ids=["trainer", "torch-recipe"])
+def test_training_under_bf16_autocast_stays_close_to_float32(model_type, dropout, backward_under_autocast, tmp_path):
+    """Under autocast (the Trainer's bf16=True, or torch's recipe: forward under autocast, backward after it) the
+    written-out attention sees bfloat16 and float32 tensors and must still run its backward; the gradients stay
+    close to float32's (same dropout masks)."""
+    rates = {"bert": dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout),
+             "distilbert": dict(dropout=dropout, attention_dropout=dropout, seq_classif_dropout=dropout)}
+    _, folder = reference_model(model_type, "cls", tmp_path, num_labels=3, **rates[model_type])
+    model = AutoModelForSequenceClassification.from_pretrained(folder).train()
+    ids, mask = padded_batch(0, lengths=(12, 7, 3, 12, 1, 6))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    grads = []
+    for bf16 in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(ids, attention_mask=mask, labels=labels).loss
+            if backward_under_autocast:
+                loss.backward()
+        if not backward_under_autocast:
+            loss.backward()
+        grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters()]))
+    assert torch.isfinite(grads[1]).all()
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
 def test_padding_max_length_equals_dynamic_padding(tmp_path):
     _, folder = reference_model("bert", "cls", tmp_path)
     model = AutoModelForSequenceClassification.from_pretrained(folder)

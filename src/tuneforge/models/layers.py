@@ -2,6 +2,7 @@
 activations, the sequence-classification loss and the output container."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -200,7 +201,27 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_head
 @torch.compiler.disable  # like packed_attention
 def packed_attention_cpu(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
     """packed_attention for training on CPU, from the fused (N, 3H) projections."""
-    return _PackedAttention.apply(qkv, packing, num_heads, dropout_p)
+    return _apply_outside_autocast(_PackedAttention, qkv, packing, num_heads, dropout_p)
+
+
+def _apply_outside_autocast(function: type[torch.autograd.Function], *args):
+    """Runs a written-out autograd Function at one precision: autocast would give its forward and backward a mix of
+    bfloat16 and float32 tensors that they cannot combine. Under autocast it runs in float32; its backward is
+    decorated with _backward_outside_autocast."""
+    device = next(a.device.type for a in args if isinstance(a, Tensor))
+    if not torch.is_autocast_enabled(device):
+        return function.apply(*args)
+    with torch.autocast(device, enabled=False):
+        return function.apply(*(a.float() if isinstance(a, Tensor) else a for a in args))
+
+
+def _backward_outside_autocast(backward):
+    """backward is often called under the autocast that the forward ran outside of (the Trainer's bf16 step)."""
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        with torch.autocast(grads[0].device.type, enabled=False):
+            return backward(ctx, *grads)
+    return run
 
 
 class _PackedAttention(torch.autograd.Function):
@@ -234,6 +255,7 @@ class _PackedAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_backward_outside_autocast
     def backward(ctx, grad: Tensor):
         packing, num_heads, p = ctx.packing, ctx.num_heads, ctx.dropout_p
         hidden = grad.shape[1]
@@ -274,7 +296,7 @@ def first_token_attention(q: Tensor, x: Tensor, key: nn.Linear, value: nn.Linear
     qh = q.view(batch, num_heads, d) * d**-0.5  # (B, nh, d), scaled as in SDPA
     u = torch.einsum("bhd,hdi->bhi", qh, key.weight.view(num_heads, d, hidden))  # (B, nh, H)
     shift = (qh * key.bias.view(num_heads, d)).sum(-1, keepdim=True) if key.bias is not None else None  # (B, nh, 1)
-    z, p_sum = _FirstTokenMix.apply(u, shift, x, packing, dropout_p)  # (B, nh, H), (B, nh, 1)
+    z, p_sum = _apply_outside_autocast(_FirstTokenMix, u, shift, x, packing, dropout_p)  # (B, nh, H), (B, nh, 1)
     out = torch.einsum("bhi,hdi->bhd", z, value.weight.view(num_heads, d, hidden))  # (B, nh, d)
     if value.bias is not None:
         out = out + p_sum * value.bias.view(num_heads, d)
@@ -308,6 +330,7 @@ class _FirstTokenMix(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_backward_outside_autocast
     def backward(ctx, grad_mixed: Tensor, grad_sums: Tensor):
         packing, p = ctx.packing, ctx.dropout_p
         seqs = [g.seqs for g in packing.groups]
