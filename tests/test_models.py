@@ -428,6 +428,20 @@ def test_training_attention_equals_sdpa_and_its_backward_is_exact():
     torch.testing.assert_close(dropped.mean(0), got.detach(), atol=0.08, rtol=0)
 
 
+def test_written_out_attention_edge_settings():
+    """Attention dropout of 1 keeps nothing (as F.dropout does), and float64 under bf16 autocast stays float64."""
+    from tuneforge.models.layers import Packing, self_attention
+    packing = Packing.from_mask(torch.tensor([[1, 1, 1], [1, 1, 0]]), (2, 3), "cpu")
+    linears = [torch.nn.Linear(8, 8).double() for _ in range(3)]
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    for h in (x, x[packing.heads]):  # all tokens, and the last block's first tokens
+        assert not self_attention(h, x, packing, *linears, 2, 1.0).any()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = self_attention(h, x, packing, *linears, 2, 0.1)
+        assert out.dtype == torch.float64
+        out.sum().backward()
+        assert x.grad.dtype == torch.float64 and torch.isfinite(x.grad).all()
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_gradient_checkpointing_gives_the_same_gradients(dropout, tmp_path):
     """With dropout, the recomputed forward must draw the same masks as the first one."""

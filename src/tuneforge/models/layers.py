@@ -206,13 +206,15 @@ def packed_attention_cpu(qkv: Tensor, packing: Packing, num_heads: int, dropout_
 
 def _apply_outside_autocast(function: type[torch.autograd.Function], *args):
     """Runs a written-out autograd Function at one precision: autocast would give its forward and backward a mix of
-    bfloat16 and float32 tensors that they cannot combine. Under autocast it runs in float32; its backward is
-    decorated with _backward_outside_autocast."""
-    device = next(a.device.type for a in args if isinstance(a, Tensor))
+    bfloat16 and float32 tensors that they cannot combine. Under autocast it runs in float32 (float64 if an input is);
+    its backward is decorated with _backward_outside_autocast."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    device = tensors[0].device.type
     if not torch.is_autocast_enabled(device):
         return function.apply(*args)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
     with torch.autocast(device, enabled=False):
-        return function.apply(*(a.float() if isinstance(a, Tensor) else a for a in args))
+        return function.apply(*(a.to(dtype) if isinstance(a, Tensor) else a for a in args))
 
 
 def _backward_outside_autocast(backward):
@@ -244,8 +246,8 @@ class _PackedAttention(torch.autograd.Function):
             if g.key_mask is not None:
                 scores.view(seqs, num_heads, longest, longest).masked_fill_(~g.key_mask, float("-inf"))
             probs = torch.softmax(scores, -1)
-            keep = _keep_mask(probs.shape, dropout_p) if dropout_p > 0.0 else None
-            dropped = probs if keep is None else (probs * keep).mul_(1.0 / (1.0 - dropout_p))
+            keep = _keep_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0.0 else None
+            dropped = probs if keep is None else (probs * keep).mul_(_keep_scale(dropout_p))
             mixed = torch.bmm(dropped, v).view(seqs, num_heads, longest, d).transpose(1, 2)  # (S, L, nh, d)
             out.append(g.gather(mixed).reshape(-1, hidden))  # (n, H)
             saved += [grid, probs, dropped, keep]
@@ -274,7 +276,7 @@ class _PackedAttention(torch.autograd.Function):
             torch.bmm(dropped.transpose(1, 2), d_mixed, out=dv)
             d_probs = torch.bmm(d_mixed, v.transpose(1, 2))  # (S*nh, L, L)
             if keep is not None:
-                d_probs.mul_(keep).mul_(1.0 / (1.0 - p))
+                d_probs.mul_(keep).mul_(_keep_scale(p))
             d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
             torch.baddbmm(dq, d_scores, k, beta=0, alpha=d**-0.5, out=dq)
             torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0, alpha=d**-0.5, out=dk)
@@ -320,7 +322,7 @@ class _FirstTokenMix(torch.autograd.Function):
                 scores.masked_fill_(~g.key_mask.view(g.seqs, 1, g.longest), float("-inf"))
             probs = torch.softmax(scores, -1)
             keep = _keep_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0.0 else None
-            dropped = probs if keep is None else (probs * keep).mul_(1.0 / (1.0 - dropout_p))
+            dropped = probs if keep is None else (probs * keep).mul_(_keep_scale(dropout_p))
             mixed.append(torch.bmm(dropped, xg))  # (S, nh, H)
             sums.append(dropped.sum(-1, keepdim=True))  # (S, nh, 1)
             saved += [ui, xg, probs, dropped, keep]
@@ -341,7 +343,7 @@ class _FirstTokenMix(torch.autograd.Function):
             d_dropped = torch.baddbmm(dsi, dmi, xg.transpose(1, 2))  # (S, nh, L)
             dxg = torch.bmm(dropped.transpose(1, 2), dmi)  # (S, L, H)
             if keep is not None:
-                d_dropped.mul_(keep).mul_(1.0 / (1.0 - p))
+                d_dropped.mul_(keep).mul_(_keep_scale(p))
             d_scores = torch._softmax_backward_data(d_dropped, probs, -1, probs.dtype)
             du.append(torch.bmm(d_scores, xg))  # (S, nh, H)
             dshift.append(d_scores.sum(-1, keepdim=True))
@@ -358,6 +360,11 @@ def _keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") 
     return (halves >= round(-2**31 + p * 2**32)).view(shape)
 
 
+def _keep_scale(p: float) -> float:
+    """Inverted dropout's scale for kept values; p = 1 keeps nothing, as F.dropout (the scale is then unused)."""
+    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
+
+
 class _Dropout(torch.autograd.Function):
     """Inverted dropout with a boolean mask from `_keep_mask`: nn.Dropout's distribution, at about a third of the
     cost of its bernoulli_ draw on CPU."""
@@ -366,7 +373,7 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, x: Tensor, p: float) -> Tensor:
         keep = _keep_mask(x.shape, p)
         ctx.save_for_backward(keep)
-        ctx.scale = 1.0 / (1.0 - p)
+        ctx.scale = _keep_scale(p)
         return (x * keep).mul_(ctx.scale)
 
     @staticmethod
