@@ -344,7 +344,7 @@ def test_first_token_attention_equals_attention_on_projected_keys_and_values():
     """The last block under a classification head folds the key and value projections into its B queries; the
     attention, and every gradient, equal projecting all tokens and attending from the first one."""
     import torch.nn.functional as F
-    from tuneforge.models.layers import Packing, first_token_attention
+    from tuneforge.models.attention import Packing, first_token_attention
     torch.manual_seed(0)
     lengths = [9, 40, 1, 22, 37, 3, 21, 9]  # not in packing order
     mask = torch.tensor([[1] * n + [0] * (40 - n) for n in lengths])
@@ -381,7 +381,7 @@ def test_first_token_attention_equals_attention_on_projected_keys_and_values():
 def test_attention_groups_equal_one_padded_grid():
     """Bucketing sequences by length for attention changes nothing but the work done."""
     import torch.nn.functional as F
-    from tuneforge.models.layers import Packing, packed_attention
+    from tuneforge.models.attention import Packing, packed_attention
     torch.manual_seed(0)
     lengths = [40, 37, 22, 21, 9, 9, 3, 1]
     mask = torch.tensor([[1] * n + [0] * (40 - n) for n in lengths])
@@ -399,7 +399,7 @@ def test_training_attention_equals_sdpa_and_its_backward_is_exact():
     SDPA on one padded grid, gradients included; with dropout its backward is checked numerically, in float64 and
     with the same dropout masks at every evaluation, and the dropout is unbiased."""
     import torch.nn.functional as F
-    from tuneforge.models.layers import Packing, packed_attention_cpu
+    from tuneforge.models.attention import Packing, packed_attention_cpu
     torch.manual_seed(0)
     lengths = [9, 3, 7, 9, 1, 4]  # groups of equal and unequal lengths, not in length order
     mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
@@ -430,7 +430,7 @@ def test_training_attention_equals_sdpa_and_its_backward_is_exact():
 
 def test_written_out_attention_edge_settings():
     """Attention dropout of 1 keeps nothing (as F.dropout does), and float64 under bf16 autocast stays float64."""
-    from tuneforge.models.layers import Packing, self_attention
+    from tuneforge.models.attention import Packing, self_attention
     packing = Packing.from_mask(torch.tensor([[1, 1, 1], [1, 1, 0]]), (2, 3), "cpu")
     linears = [torch.nn.Linear(8, 8).double() for _ in range(3)]
     x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)

@@ -2,7 +2,7 @@
 
 Reads top to bottom. Submodule names equal the checkpoint keys (embeddings.word_embeddings.weight,
 encoder.layer.0.attention.self.query.weight, ...), so loading is a strict state-dict load. Every tensor after the
-embeddings is packed: (N, H) holds only the batch's real tokens; see layers.Packing.
+embeddings is packed: (N, H) holds only the batch's real tokens; see attention.Packing.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint_io import PreTrainedModel
+from .attention import Packing, self_attention, trim_padding
 from .config import Config
-from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions,
-                     self_attention, sequence_classification_loss, trim_padding)
+from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, sequence_classification_loss
 
 # ---------------------------------------------------------------------------------------------------- config
 

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint_io import PreTrainedModel
+from .attention import Packing, self_attention, trim_padding
 from .config import Config
-from .layers import (Dropout, LayerStack, ModelOutput, Packing, activation, check_positions,
-                     self_attention, sequence_classification_loss, trim_padding)
+from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, sequence_classification_loss
 
 DISTILBERT_DEFAULTS = {
     "model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 512, "sinusoidal_pos_embds": False,
