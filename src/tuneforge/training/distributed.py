@@ -2,6 +2,7 @@
 torchrun environment every helper is a no-op and the Trainer runs as one process."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass
@@ -155,5 +156,13 @@ def setup(args) -> Distributed:
         torch.cuda.set_device(local_rank)
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=args.ddp_timeout))
+        atexit.register(_destroy_process_group)
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def _destroy_process_group() -> None:
+    """The group this module created is destroyed before the interpreter exits, as torch asks: left to interpreter
+    teardown, gloo's threads can abort the process ("terminate called without an active exception", seen once)."""
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
