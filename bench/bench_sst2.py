@@ -140,25 +140,26 @@ def main():
         for r in results.values():
             r["peak"] = max(r["gemm"].values())
             r["peak_share"] = r["train_tokens_per_s"] * r["flops_per_token"] / r["peak"]
-        gemm = results[libs[0]]["gemm"]
-        rounds.append((max(gemm.values()), results, gemm))
+        rounds.append(results)
     median = statistics.median
+    first = [r[libs[0]] for r in rounds]
+    gemms = ", ".join(f"{k} {median(r['gemm'][k] for r in first) / 1e9:.0f}" for k in first[0]["gemm"])
     print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, {a.threads} threads, "
           f"median of {a.rounds} round(s); measured fp32 matmul peak after {libs[0]}'s run "
-          f"{median(p for p, *_ in rounds) / 1e9:.0f} GFLOP/s (" + ", ".join(f"{k} {median(g[k] for *_, g in rounds) / 1e9:.0f}" for k in rounds[0][2]) + ")")
+          f"{median(r['peak'] for r in first) / 1e9:.0f} GFLOP/s ({gemms})")
     print(f"{'':22}" + "".join(f"{lib:>14}" for lib in libs) + ("      ratio" if len(libs) == 2 else ""))
     rows = [("train samples/s", "train_samples_per_s", "{:.1f}"), ("eval samples/s", "eval_samples_per_s", "{:.1f}"),
             ("train real tokens/s", "train_tokens_per_s", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"),
             ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("share of matmul peak", "peak_share", "{:.0%}"),
             ("train phrases", "train_size", "{:.0f}")]
     for label, key, fmt in rows:
-        line = f"{label:22}" + "".join(f"{fmt.format(median(r[lib][key] for _, r, _ in rounds)):>14}" for lib in libs)
+        line = f"{label:22}" + "".join(f"{fmt.format(median(r[lib][key] for r in rounds)):>14}" for lib in libs)
         if len(libs) == 2 and key not in ("accuracy", "train_size", "peak_share"):
-            ratios = [r["tuneforge"][key] / r["transformers"][key] for _, r, _ in rounds]
+            ratios = [r["tuneforge"][key] / r["transformers"][key] for r in rounds]
             line += f"{median(ratios):>10.2f}x" + (f"  ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else "")
         print(line)
     print("share of matmul peak: the model's matmul FLOPs per real token x real tokens/s, over the best fp32 GEMM "
-          f"rate measured right after that library's run ({rounds[0][1][libs[0]]['flops_per_token'] / 1e6:.0f} MFLOP per token)")
+          f"rate measured right after that library's run ({first[0]['flops_per_token'] / 1e6:.0f} MFLOP per token)")
     print(json.dumps(rounds))
 
 if __name__ == "__main__":

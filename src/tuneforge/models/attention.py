@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import keep_mask, keep_scale
+from .layers import apply_dropout, dropout_grad
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Group:
     def gather(self, grid: Tensor) -> Tensor:
         """(seqs, longest, ...) -> (n, ...)"""
         return grid.reshape(-1, *grid.shape[2:]) if self.cells is None else grid[self.cells]
+
+    def new_grid(self, x: Tensor, *shape: int) -> Tensor:
+        """A buffer like x for a grid of this group: zeroed only if it has padding for `scatter` to leave."""
+        return x.new_empty(shape) if self.cells is None else x.new_zeros(shape)
 
     def to_grid(self, x: Tensor, num_heads: int) -> Tensor:
         """(n, H) this group's tokens -> (seqs, heads, longest, head_dim)"""
@@ -209,7 +213,7 @@ def _backward_outside_autocast(backward):
 class _PackedAttention(torch.autograd.Function):
     """Attention over packed tokens with forward and backward written out, per length group: (N, 3H) -> (N, H).
     On CPU, SDPA with dropout falls back to unfused maths whose bernoulli_ mask costs 2.5x the bit draws of
-    `keep_mask`, and autograd's bookkeeping for the ~50 small operations per group costs more than their maths."""
+    `apply_dropout`, and autograd's bookkeeping for the ~50 small operations per group costs more than their maths."""
 
     @staticmethod
     def forward(ctx, qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
@@ -218,7 +222,7 @@ class _PackedAttention(torch.autograd.Function):
         out, saved = [], []
         for g, part in zip(packing.groups, qkv.split(packing.group_tokens)):
             seqs, longest = g.seqs, g.longest
-            grid = (part.new_empty if g.cells is None else part.new_zeros)(3, seqs, num_heads, longest, d)
+            grid = g.new_grid(part, 3, seqs, num_heads, longest, d)
             g.scatter(part.view(-1, 3, num_heads, d), grid.permute(1, 3, 0, 2, 4))
             grid = grid.view(3, seqs * num_heads, longest, d)
             q, k, v = grid  # each (S*nh, L, d)
@@ -226,8 +230,7 @@ class _PackedAttention(torch.autograd.Function):
             if g.key_mask is not None:
                 scores.view(seqs, num_heads, longest, longest).masked_fill_(~g.key_mask, float("-inf"))
             probs = torch.softmax(scores, -1)
-            keep = keep_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0.0 else None
-            dropped = probs if keep is None else (probs * keep).mul_(keep_scale(dropout_p))
+            dropped, keep = apply_dropout(probs, dropout_p)
             mixed = torch.bmm(dropped, v).view(seqs, num_heads, longest, d).transpose(1, 2)  # (S, L, nh, d)
             out.append(g.gather(mixed).reshape(-1, hidden))  # (n, H)
             saved += [grid, probs, dropped, keep]
@@ -248,16 +251,14 @@ class _PackedAttention(torch.autograd.Function):
             grid, probs, dropped, keep = saved[4 * i:4 * i + 4]
             seqs, longest = g.seqs, g.longest
             q, k, v = grid
-            d_mixed = (part.new_empty if g.cells is None else part.new_zeros)(seqs, num_heads, longest, d)
+            d_mixed = g.new_grid(part, seqs, num_heads, longest, d)
             g.scatter(part.view(-1, num_heads, d), d_mixed.transpose(1, 2))
             d_mixed = d_mixed.view(seqs * num_heads, longest, d)
             d_grid = torch.empty_like(grid)
             dq, dk, dv = d_grid
             torch.bmm(dropped.transpose(1, 2), d_mixed, out=dv)
             d_probs = torch.bmm(d_mixed, v.transpose(1, 2))  # (S*nh, L, L)
-            if keep is not None:
-                d_probs.mul_(keep).mul_(keep_scale(p))
-            d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
+            d_scores = torch._softmax_backward_data(dropout_grad(d_probs, keep, p), probs, -1, probs.dtype)
             torch.baddbmm(dq, d_scores, k, beta=0, alpha=d**-0.5, out=dq)
             torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0, alpha=d**-0.5, out=dk)
             d_grid = d_grid.view(3, seqs, num_heads, longest, d).permute(1, 3, 0, 2, 4)  # (S, L, 3, nh, d)
@@ -301,8 +302,7 @@ class _FirstTokenMix(torch.autograd.Function):
             if g.key_mask is not None:  # scores: (S, nh, L)
                 scores.masked_fill_(~g.key_mask.view(g.seqs, 1, g.longest), float("-inf"))
             probs = torch.softmax(scores, -1)
-            keep = keep_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0.0 else None
-            dropped = probs if keep is None else (probs * keep).mul_(keep_scale(dropout_p))
+            dropped, keep = apply_dropout(probs, dropout_p)
             mixed.append(torch.bmm(dropped, xg))  # (S, nh, H)
             sums.append(dropped.sum(-1, keepdim=True))  # (S, nh, 1)
             saved += [ui, xg, probs, dropped, keep]
@@ -322,9 +322,7 @@ class _FirstTokenMix(torch.autograd.Function):
             ui, xg, probs, dropped, keep = saved[5 * i:5 * i + 5]
             d_dropped = torch.baddbmm(dsi, dmi, xg.transpose(1, 2))  # (S, nh, L)
             dxg = torch.bmm(dropped.transpose(1, 2), dmi)  # (S, L, H)
-            if keep is not None:
-                d_dropped.mul_(keep).mul_(keep_scale(p))
-            d_scores = torch._softmax_backward_data(d_dropped, probs, -1, probs.dtype)
+            d_scores = torch._softmax_backward_data(dropout_grad(d_dropped, keep, p), probs, -1, probs.dtype)
             du.append(torch.bmm(d_scores, xg))  # (S, nh, H)
             dshift.append(d_scores.sum(-1, keepdim=True))
             dx.append(g.gather(dxg.baddbmm_(d_scores.transpose(1, 2), ui)))  # (n, H)

@@ -37,7 +37,7 @@ class LayerStack(nn.Module):
         return packing.heads_to_input_order(x) if heads_only else x
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> Tensor:
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     """Booleans that are True with probability 1 - p (to within 2^-32), drawn as 64-bit words split in two: the CPU
     generator costs about the same per word as per float of torch.rand, so this takes half the draws."""
     n = math.prod(shape)
@@ -46,26 +46,37 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
     return (halves >= round(-2**31 + p * 2**32)).view(shape)
 
 
-def keep_scale(p: float) -> float:
+def _keep_scale(p: float) -> float:
     """Inverted dropout's scale for kept values; p = 1 keeps nothing, as F.dropout (the scale is then unused)."""
     return 1.0 / (1.0 - p) if p < 1.0 else 0.0
 
 
-class _Dropout(torch.autograd.Function):
-    """Inverted dropout with a boolean mask from `keep_mask`: nn.Dropout's distribution, at about a third of the
-    cost of its bernoulli_ draw on CPU."""
+def apply_dropout(x: Tensor, p: float) -> tuple[Tensor, Tensor | None]:
+    """Inverted dropout with a boolean mask from `_keep_mask` -> (the result, the mask for dropout_grad; None when
+    p is 0). nn.Dropout's distribution, at about a third of the cost of its bernoulli_ draw on CPU."""
+    if p == 0.0:
+        return x, None
+    keep = _keep_mask(x.shape, p, x.device)
+    return (x * keep).mul_(_keep_scale(p)), keep
 
+
+def dropout_grad(grad: Tensor, keep: Tensor | None, p: float) -> Tensor:
+    """The gradient through apply_dropout, from its mask."""
+    return grad if keep is None else (grad * keep).mul_(_keep_scale(p))
+
+
+class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        keep = keep_mask(x.shape, p)
+        out, keep = apply_dropout(x, p)
         ctx.save_for_backward(keep)
-        ctx.scale = keep_scale(p)
-        return (x * keep).mul_(ctx.scale)
+        ctx.p = p
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (keep,) = ctx.saved_tensors
-        return (grad * keep).mul_(ctx.scale), None
+        return dropout_grad(grad, keep, ctx.p), None
 
 
 def dropout(x: Tensor, p: float) -> Tensor:
