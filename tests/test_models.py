@@ -326,18 +326,27 @@ def test_text_longer_than_position_limit(tmp_path):
         model(ids)
 
 
-def test_dropout_keeps_the_distribution_and_gradient():
-    from tuneforge.models.layers import Dropout
+@pytest.mark.parametrize("size", [5_000, 200_000])  # random bits from torch's generator, and from numpy's SFC64
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.9])
+def test_dropout_keeps_the_distribution_and_gradient(size, p):
+    from tuneforge.models.layers import Dropout, _dropout_scale
     torch.manual_seed(0)
-    drop = Dropout(0.25).train()
-    x = torch.ones(200_000, requires_grad=True)
-    y = drop(x)
-    kept = y != 0
-    assert kept.float().mean().item() == pytest.approx(0.75, abs=0.01)
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    drop = Dropout(p).train()
+    x = torch.ones(size, requires_grad=True)
+    ys = [drop(x) for _ in range(1_000_000 // size)]
+    kept = torch.stack(ys) != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.002)  # a million draws: sd <= 0.0005
+    neighbours = (kept[:, 1:] & kept[:, :-1]).float().mean().item()  # each value has its own bits
+    assert neighbours == pytest.approx((1 - p) ** 2, abs=0.003)
+    assert not torch.equal(kept[0], kept[1])
+    y = ys[0]
+    assert torch.allclose(y[kept[0]], torch.full_like(y[kept[0]], 1 / (1 - p)))
     y.sum().backward()
-    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    torch.testing.assert_close(x.grad, kept[0].float() / (1 - p))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x) != 0, kept[0])  # torch's seed fixes the masks
     assert torch.equal(drop.eval()(x), x)
+    assert not _dropout_scale(x, 1.0).any()
 
 
 def test_first_token_attention_equals_attention_on_projected_keys_and_values():
@@ -388,10 +397,43 @@ def test_attention_groups_equal_one_padded_grid():
     packing = Packing.from_mask(mask, mask.shape, "cpu")
     assert len(packing.groups) > 2 and sum(g.seqs for g in packing.groups) == len(lengths)
     q, k, v = (torch.randn(len(lengths), 40, 4, 8) for _ in range(3))  # (B, T, nh, d)
-    got = packing.unpack(packed_attention(*(packing.pack(t.flatten(2)) for t in (q, k, v)), packing, 4, 0.0))
+    qkv = torch.cat([packing.pack(t.flatten(2)) for t in (q, k, v)], 1)  # (N, 3H)
+    got = packing.unpack(packed_attention(qkv, packing, 4, 0.0))
     grid = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
                                           attn_mask=mask.bool()[:, None, None, :]).transpose(1, 2).flatten(2)
     torch.testing.assert_close(got[mask.bool()], grid[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_the_same_for_any_mask_layout():
+    """Packing keeps each sequence's real tokens in order wherever the padding sits (right, left, or gaps), so the
+    training, inference and first-token attention give the same rows, and the same gradients, as right padding."""
+    from tuneforge.models.attention import Packing, first_token_attention, packed_attention, packed_attention_cpu
+    torch.manual_seed(0)
+    lengths = [9, 3, 7, 9, 1, 4]
+    right = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
+    left = right.flip(1)
+    gaps = torch.zeros_like(right)
+    for row, n in enumerate(lengths):
+        gaps[row, torch.randperm(9)[:n].sort().values] = 1
+    qkv = torch.randn(int(right.sum()), 3 * 8, dtype=torch.float64)  # packed rows: sequence by sequence, in order
+    q, x = torch.randn(len(lengths), 8, dtype=torch.float64), qkv[:, :8]
+    key, value = torch.nn.Linear(8, 8).double(), torch.nn.Linear(8, 8).double()
+    results = []
+    for mask in (right, left, gaps):
+        packing = Packing.from_mask(mask, mask.shape, "cpu")
+        assert packing.grid_rows is not None
+        train_in = qkv.clone().requires_grad_()
+        train = packed_attention_cpu(train_in, packing, 2, 0.0)
+        train.backward(torch.ones_like(train))
+        with torch.no_grad():
+            infer = packed_attention(qkv, packing, 2, 0.0)
+        first = first_token_attention(q, x.requires_grad_(), key, value, packing, 2, 0.0)
+        (dx,) = torch.autograd.grad(first.sum(), x)
+        x.requires_grad_(False)
+        results.append((train, train_in.grad, infer, first, dx))
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            torch.testing.assert_close(got, want)
 
 
 def test_training_attention_equals_sdpa_and_its_backward_is_exact():
@@ -404,7 +446,7 @@ def test_training_attention_equals_sdpa_and_its_backward_is_exact():
     lengths = [9, 3, 7, 9, 1, 4]  # groups of equal and unequal lengths, not in length order
     mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
     packing = Packing.from_mask(mask, mask.shape, "cpu")
-    assert len(packing.groups) > 2 and any(g.cells is None for g in packing.groups)
+    assert len(packing.groups) > 2 and any(g.key_mask is None for g in packing.groups)
     qkv = torch.randn(len(lengths), 9, 3, 2, 4)  # (B, T, q/k/v, nh, d)
     packed = packing.pack(qkv.flatten(2)).requires_grad_()  # (N, 3H)
     got = packed_attention_cpu(packed, packing, 2, 0.0)

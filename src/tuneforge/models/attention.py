@@ -18,37 +18,18 @@ from .layers import apply_dropout, dropout_grad
 
 @dataclass
 class Group:
-    """Sequences of similar length whose packed tokens are the contiguous slice [start, end): attention runs on
-    a (seqs, longest) grid of just these, so short sequences do not pay for the batch's longest."""
+    """Sequences of similar length, consecutive in the packing: attention runs on a (seqs, longest) grid of just
+    these, so short sequences do not pay for the batch's longest. The grids of all groups are stacked in one padded
+    buffer (Packing.to_grids), this group's from row `row`."""
 
-    start: int
-    end: int
     seqs: int
     longest: int
-    cells: tuple[Tensor, Tensor] | None  # (n,) x2: each token's (sequence, position); None if all equally long
-    key_mask: Tensor | None  # (seqs, 1, 1, longest)
+    row: int
+    key_mask: Tensor | None  # (seqs, 1, 1, longest); None if all equally long
 
-    def scatter(self, x: Tensor, grid: Tensor) -> Tensor:
-        """Write the (n, ...) tokens into `grid`, a zeroed (seqs, longest, ...) tensor or view; returns it."""
-        return grid.copy_(x.view(grid.shape)) if self.cells is None else grid.index_put_(self.cells, x)
-
-    def gather(self, grid: Tensor) -> Tensor:
-        """(seqs, longest, ...) -> (n, ...)"""
-        return grid.reshape(-1, *grid.shape[2:]) if self.cells is None else grid[self.cells]
-
-    def new_grid(self, x: Tensor, *shape: int) -> Tensor:
-        """A buffer like x for a grid of this group: zeroed only if it has padding for `scatter` to leave."""
-        return x.new_empty(shape) if self.cells is None else x.new_zeros(shape)
-
-    def to_grid(self, x: Tensor, num_heads: int) -> Tensor:
-        """(n, H) this group's tokens -> (seqs, heads, longest, head_dim)"""
-        shape = (self.seqs, self.longest, x.shape[1])
-        grid = x.view(shape) if self.cells is None else self.scatter(x, x.new_zeros(shape))
-        return grid.view(self.seqs, self.longest, num_heads, -1).transpose(1, 2)
-
-    def from_grid(self, grid: Tensor) -> Tensor:
-        """(seqs, heads, longest, head_dim) -> (n, H)"""
-        return self.gather(grid.transpose(1, 2)).flatten(1)
+    def grid(self, grids: Tensor, *shape: int) -> Tensor:
+        """This group's (seqs, longest, *shape) view of the stacked grids (R, C)."""
+        return grids[self.row:self.row + self.seqs * self.longest].view(self.seqs, self.longest, *shape)
 
 
 @dataclass
@@ -63,20 +44,28 @@ class Packing:
     groups: list[Group]
     heads: Tensor  # (B,) packed index of each sequence's first real token ([CLS] / <s>), in packing order
     restore: Tensor | None  # (B,) position of each input row in packing order; None: the same order
+    grid_rows: Tensor | None  # (N,) each packed token's row in the stacked grids; None: they are the packed rows
+    grid_sources: Tensor | None  # (R,) each grid row's packed token, N for padding
 
     @property
     def first(self) -> Tensor:
         """(B,) packed index of each input row's first real token."""
         return self.heads_to_input_order(self.heads)
 
-    @property
-    def group_tokens(self) -> list[int]:
-        """How many packed tokens each length group holds, in packing order (for Tensor.split)."""
-        return [g.end - g.start for g in self.groups]
-
     def heads_to_input_order(self, heads: Tensor) -> Tensor:
         """(B, ...) rows in packing order -> in input order"""
         return heads if self.restore is None else heads[self.restore]
+
+    def to_grids(self, x: Tensor) -> Tensor:
+        """(N, C) packed tokens -> (R, C) the groups' stacked grids, zeros at padding. One row gather for all groups:
+        per-group scatters into strided grids cost more than the attention's maths."""
+        if self.grid_rows is None:
+            return x
+        return torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, self.grid_sources)
+
+    def from_grids(self, grids: Tensor) -> Tensor:
+        """(R, C) -> (N, C): the real tokens' rows."""
+        return grids if self.grid_rows is None else grids.index_select(0, self.grid_rows)
 
     @staticmethod
     @torch.compiler.disable  # data-dependent lengths: traced, every new batch would compile again
@@ -84,18 +73,28 @@ class Packing:
         batch, seq_len = shape
         if attention_mask is None or bool(attention_mask.all()):
             heads = torch.arange(batch, device=device) * seq_len
-            return Packing(None, batch, seq_len, [Group(0, batch * seq_len, batch, seq_len, None, None)], heads,
-                           None)
+            return Packing(None, batch, seq_len, [Group(batch, seq_len, 0, None)], heads, None,
+                           None, None)
         mask = attention_mask.bool()
         lengths = mask.sum(1)  # (B,)
         order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
-        sorted_lengths = lengths[order].tolist()
+        sorted_lengths = lengths[order]
         # Flat grid positions of real tokens, sequence by sequence in `order` (any mask layout works).
         rows, cols = mask[order].nonzero(as_tuple=True)
         indices = order[rows] * seq_len + cols  # (N,)
-        heads = torch.cumsum(lengths[order], 0) - lengths[order]
+        heads = torch.cumsum(sorted_lengths, 0) - sorted_lengths
         restore = torch.empty_like(order).scatter_(0, order, torch.arange(batch, device=device))
-        return Packing(indices, batch, seq_len, _groups(sorted_lengths, device), heads, restore)
+        groups = _groups(sorted_lengths.tolist(), device)
+        grid_rows = grid_sources = None
+        if any(g.key_mask is not None for g in groups):
+            # Sequence i of a group starts at row + i * longest of the stacked grids; its tokens follow.
+            starts = torch.tensor([g.row + i * g.longest for g in groups for i in range(g.seqs)], device=device)
+            position = torch.arange(len(rows), device=device) - heads[rows]  # each token's place in its sequence
+            grid_rows = starts[rows] + position  # (N,)
+            last = groups[-1]
+            grid_sources = torch.full((last.row + last.seqs * last.longest,), len(rows), device=device)
+            grid_sources[grid_rows] = torch.arange(len(rows), device=device)
+        return Packing(indices, batch, seq_len, groups, heads, restore, grid_rows, grid_sources)
 
     def pack(self, grid: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -122,17 +121,16 @@ def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6
         if n < shrink * lengths[cuts[-1]] and len(cuts) < max_groups:
             cuts.append(i)
     cuts.append(len(lengths))
-    groups, start = [], 0
+    groups, row = [], 0
     for a, b in zip(cuts, cuts[1:]):
         group_lengths = lengths[a:b]
-        longest, n = group_lengths[0], sum(group_lengths)
-        if all(x == longest for x in group_lengths):
-            groups.append(Group(start, start + n, b - a, longest, None, None))
-        else:
-            lens = torch.tensor(group_lengths, device=device)
-            real = torch.arange(longest, device=device) < lens[:, None]  # (seqs, longest)
-            groups.append(Group(start, start + n, b - a, longest, real.nonzero(as_tuple=True), real[:, None, None, :]))
-        start += n
+        longest = group_lengths[0]
+        key_mask = None
+        if any(x != longest for x in group_lengths):
+            key_mask = (torch.arange(longest, device=device) < torch.tensor(group_lengths, device=device)[:, None])
+            key_mask = key_mask[:, None, None, :]  # (seqs, 1, 1, longest)
+        groups.append(Group(b - a, longest, row, key_mask))
+        row += (b - a) * longest
     return groups
 
 
@@ -155,9 +153,10 @@ def self_attention(h: Tensor, x: Tensor, packing: Packing, query: nn.Linear, key
     all of x -> (N, H), or each sequence's first token, (B, H) in packing order -> (B, H)."""
     if h is not x:
         return first_token_attention(query(h), x, key, value, packing, num_heads, dropout_p)
+    qkv = fused_qkv(x, query, key, value)  # (N, 3H)
     if x.device.type == "cpu" and (dropout_p > 0.0 or torch.is_grad_enabled()):
-        return packed_attention_cpu(fused_qkv(x, query, key, value), packing, num_heads, dropout_p)
-    return packed_attention(query(x), key(x), value(x), packing, num_heads, dropout_p)
+        return packed_attention_cpu(qkv, packing, num_heads, dropout_p)
+    return packed_attention(qkv, packing, num_heads, dropout_p)
 
 
 def fused_qkv(x: Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> Tensor:
@@ -170,21 +169,22 @@ def fused_qkv(x: Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> 
 
 
 @torch.compiler.disable  # a Python loop over the batch's length groups, different for every batch
-def packed_attention(q: Tensor, k: Tensor, v: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
-    """Attention where each sequence sees only its own real tokens: (N, H) x3 -> (N, H). Each group of
+def packed_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
+    """Attention where each sequence sees only its own real tokens: (N, 3H) projections -> (N, H). Each group of
     similar-length sequences gets its own small grid, and SDPA's fused kernel."""
-    # One split per tensor, not a slice per group: each slice's backward would fill a whole (N, H) gradient.
-    tokens = packing.group_tokens
+    hidden = qkv.shape[1] // 3
+    grids = packing.to_grids(qkv)  # (R, 3H)
     out = []
-    for g, qi, ki, vi in zip(packing.groups, q.split(tokens), k.split(tokens), v.split(tokens)):
-        qg, kg, vg = (g.to_grid(t, num_heads) for t in (qi, ki, vi))  # each (S, nh, L, d)
-        out.append(g.from_grid(F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.key_mask, dropout_p=dropout_p)))
-    return out[0] if len(out) == 1 else torch.cat(out)
+    for g in packing.groups:
+        q, k, v = g.grid(grids, 3, num_heads, hidden // num_heads).permute(2, 0, 3, 1, 4)  # each (S, nh, L, d)
+        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=g.key_mask, dropout_p=dropout_p)
+        out.append(mixed.transpose(1, 2).reshape(-1, hidden))  # (S*L, H)
+    return packing.from_grids(out[0] if len(out) == 1 else torch.cat(out))
 
 
 @torch.compiler.disable  # like packed_attention
 def packed_attention_cpu(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
-    """packed_attention for training on CPU, from the fused (N, 3H) projections."""
+    """packed_attention for training on CPU."""
     return _apply_outside_autocast(_PackedAttention, qkv, packing, num_heads, dropout_p)
 
 
@@ -219,51 +219,49 @@ class _PackedAttention(torch.autograd.Function):
     def forward(ctx, qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
         hidden = qkv.shape[1] // 3
         d = hidden // num_heads
-        out, saved = [], []
-        for g, part in zip(packing.groups, qkv.split(packing.group_tokens)):
+        grids = packing.to_grids(qkv)  # (R, 3H)
+        out = qkv.new_empty(grids.shape[0], hidden)  # (R, H)
+        saved = []
+        for g in packing.groups:
             seqs, longest = g.seqs, g.longest
-            grid = g.new_grid(part, 3, seqs, num_heads, longest, d)
-            g.scatter(part.view(-1, 3, num_heads, d), grid.permute(1, 3, 0, 2, 4))
-            grid = grid.view(3, seqs * num_heads, longest, d)
-            q, k, v = grid  # each (S*nh, L, d)
+            qkv_g = g.grid(grids, 3, num_heads, d).permute(2, 0, 3, 1, 4).reshape(3, seqs * num_heads, longest, d)
+            q, k, v = qkv_g  # each (S*nh, L, d)
             scores = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)  # (S*nh, L, L)
             if g.key_mask is not None:
                 scores.view(seqs, num_heads, longest, longest).masked_fill_(~g.key_mask, float("-inf"))
             probs = torch.softmax(scores, -1)
-            dropped, keep = apply_dropout(probs, dropout_p)
-            mixed = torch.bmm(dropped, v).view(seqs, num_heads, longest, d).transpose(1, 2)  # (S, L, nh, d)
-            out.append(g.gather(mixed).reshape(-1, hidden))  # (n, H)
-            saved += [grid, probs, dropped, keep]
+            dropped, scale = apply_dropout(probs, dropout_p)
+            mixed = torch.bmm(dropped, v).view(seqs, num_heads, longest, d)
+            g.grid(out, num_heads, d).copy_(mixed.transpose(1, 2))
+            saved += [qkv_g, probs, dropped, scale]
         ctx.save_for_backward(*saved)
-        ctx.packing, ctx.num_heads, ctx.dropout_p = packing, num_heads, dropout_p
-        return out[0] if len(out) == 1 else torch.cat(out)
+        ctx.packing, ctx.num_heads = packing, num_heads
+        return packing.from_grids(out)
 
     @staticmethod
     @once_differentiable
     @_backward_outside_autocast
     def backward(ctx, grad: Tensor):
-        packing, num_heads, p = ctx.packing, ctx.num_heads, ctx.dropout_p
+        packing, num_heads = ctx.packing, ctx.num_heads
         hidden = grad.shape[1]
         d = hidden // num_heads
         saved = ctx.saved_tensors
-        grads = []
-        for i, (g, part) in enumerate(zip(packing.groups, grad.split(packing.group_tokens))):
-            grid, probs, dropped, keep = saved[4 * i:4 * i + 4]
+        grad_grids = packing.to_grids(grad)  # (R, H), zeros at padding: padded queries pass no gradient on
+        d_qkv = grad.new_empty(grad_grids.shape[0], 3 * hidden)  # (R, 3H)
+        for i, g in enumerate(packing.groups):
+            qkv_g, probs, dropped, scale = saved[4 * i:4 * i + 4]
             seqs, longest = g.seqs, g.longest
-            q, k, v = grid
-            d_mixed = g.new_grid(part, seqs, num_heads, longest, d)
-            g.scatter(part.view(-1, num_heads, d), d_mixed.transpose(1, 2))
-            d_mixed = d_mixed.view(seqs * num_heads, longest, d)
-            d_grid = torch.empty_like(grid)
+            q, k, v = qkv_g
+            d_mixed = g.grid(grad_grids, num_heads, d).transpose(1, 2).reshape(seqs * num_heads, longest, d)
+            d_grid = torch.empty_like(qkv_g)
             dq, dk, dv = d_grid
             torch.bmm(dropped.transpose(1, 2), d_mixed, out=dv)
             d_probs = torch.bmm(d_mixed, v.transpose(1, 2))  # (S*nh, L, L)
-            d_scores = torch._softmax_backward_data(dropout_grad(d_probs, keep, p), probs, -1, probs.dtype)
+            d_scores = torch._softmax_backward_data(dropout_grad(d_probs, scale), probs, -1, probs.dtype)
             torch.baddbmm(dq, d_scores, k, beta=0, alpha=d**-0.5, out=dq)
             torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0, alpha=d**-0.5, out=dk)
-            d_grid = d_grid.view(3, seqs, num_heads, longest, d).permute(1, 3, 0, 2, 4)  # (S, L, 3, nh, d)
-            grads.append(g.gather(d_grid).reshape(-1, 3 * hidden))  # (n, 3H)
-        return (grads[0] if len(grads) == 1 else torch.cat(grads)), None, None, None
+            g.grid(d_qkv, 3, num_heads, d).copy_(d_grid.view(3, seqs, num_heads, longest, d).permute(1, 3, 0, 2, 4))
+        return packing.from_grids(d_qkv), None, None, None
 
 
 @torch.compiler.disable  # like packed_attention
@@ -295,35 +293,40 @@ class _FirstTokenMix(torch.autograd.Function):
     def forward(ctx, u: Tensor, shift: Tensor | None, x: Tensor, packing: Packing, dropout_p: float):
         seqs = [g.seqs for g in packing.groups]
         shifts = shift.split(seqs) if shift is not None else [None] * len(seqs)
+        grids = packing.to_grids(x)  # (R, H)
         mixed, sums, saved = [], [], []
-        for g, ui, si, xi in zip(packing.groups, u.split(seqs), shifts, x.split(packing.group_tokens)):
-            xg = g.to_grid(xi, 1).squeeze(1)  # (S, L, H)
+        for g, ui, si in zip(packing.groups, u.split(seqs), shifts):
+            xg = g.grid(grids, -1)  # (S, L, H)
             scores = torch.bmm(ui, xg.transpose(1, 2)) if si is None else torch.baddbmm(si, ui, xg.transpose(1, 2))
             if g.key_mask is not None:  # scores: (S, nh, L)
                 scores.masked_fill_(~g.key_mask.view(g.seqs, 1, g.longest), float("-inf"))
             probs = torch.softmax(scores, -1)
-            dropped, keep = apply_dropout(probs, dropout_p)
+            dropped, scale = apply_dropout(probs, dropout_p)
             mixed.append(torch.bmm(dropped, xg))  # (S, nh, H)
             sums.append(dropped.sum(-1, keepdim=True))  # (S, nh, 1)
-            saved += [ui, xg, probs, dropped, keep]
-        ctx.save_for_backward(*saved)
-        ctx.packing, ctx.dropout_p, ctx.has_shift = packing, dropout_p, shift is not None
+            saved += [probs, dropped, scale]
+        ctx.save_for_backward(u, grids, *saved)
+        ctx.packing, ctx.has_shift = packing, shift is not None
         return torch.cat(mixed), torch.cat(sums)
 
     @staticmethod
     @once_differentiable
     @_backward_outside_autocast
     def backward(ctx, grad_mixed: Tensor, grad_sums: Tensor):
-        packing, p = ctx.packing, ctx.dropout_p
+        packing = ctx.packing
         seqs = [g.seqs for g in packing.groups]
-        saved = ctx.saved_tensors
-        du, dshift, dx = [], [], []
-        for i, (g, dmi, dsi) in enumerate(zip(packing.groups, grad_mixed.split(seqs), grad_sums.split(seqs))):
-            ui, xg, probs, dropped, keep = saved[5 * i:5 * i + 5]
+        u, grids, *saved = ctx.saved_tensors
+        d_grids = torch.empty_like(grids)  # (R, H)
+        du, dshift = [], []
+        parts = zip(packing.groups, u.split(seqs), grad_mixed.split(seqs), grad_sums.split(seqs))
+        for i, (g, ui, dmi, dsi) in enumerate(parts):
+            probs, dropped, scale = saved[3 * i:3 * i + 3]
+            xg = g.grid(grids, -1)  # (S, L, H)
             d_dropped = torch.baddbmm(dsi, dmi, xg.transpose(1, 2))  # (S, nh, L)
-            dxg = torch.bmm(dropped.transpose(1, 2), dmi)  # (S, L, H)
-            d_scores = torch._softmax_backward_data(dropout_grad(d_dropped, keep, p), probs, -1, probs.dtype)
+            d_scores = torch._softmax_backward_data(dropout_grad(d_dropped, scale), probs, -1, probs.dtype)
             du.append(torch.bmm(d_scores, xg))  # (S, nh, H)
             dshift.append(d_scores.sum(-1, keepdim=True))
-            dx.append(g.gather(dxg.baddbmm_(d_scores.transpose(1, 2), ui)))  # (n, H)
-        return torch.cat(du), torch.cat(dshift) if ctx.has_shift else None, torch.cat(dx), None, None
+            dxg = torch.bmm(dropped.transpose(1, 2), dmi, out=g.grid(d_grids, -1))  # (S, L, H)
+            dxg.baddbmm_(d_scores.transpose(1, 2), ui)
+        dx = packing.from_grids(d_grids)
+        return torch.cat(du), torch.cat(dshift) if ctx.has_shift else None, dx, None, None

@@ -2,9 +2,9 @@
 dropout, activations, the sequence-classification loss, initialisation and the output container."""
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,46 +37,52 @@ class LayerStack(nn.Module):
         return packing.heads_to_input_order(x) if heads_only else x
 
 
-def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
-    """Booleans that are True with probability 1 - p (to within 2^-32), drawn as 64-bit words split in two: the CPU
-    generator costs about the same per word as per float of torch.rand, so this takes half the draws."""
-    n = math.prod(shape)
-    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-2**63, None)  # every bit uniform
-    halves = words.view(torch.int32)[:n]  # uniform over [-2^31, 2^31)
-    return (halves >= round(-2**31 + p * 2**32)).view(shape)
+def _random_bits(n: int, device: torch.device) -> Tensor:
+    """(n,) int32 with every bit uniform. On CPU from numpy's SFC64, seeded by one draw from torch's generator (so
+    torch.manual_seed, checkpointing's RNG replay and resume govern it): about half the cost per bit of torch's
+    Mersenne Twister, which draws one word at a time."""
+    words = (n + 1) // 2
+    if device.type == "cpu" and n >= 1 << 14:  # numpy's set-up costs about 10 us: it pays from ~16k values
+        seed = int(torch.randint(2**63 - 1, ()))
+        return torch.from_numpy(np.random.SFC64(seed).random_raw(words).view(np.int32))[:n]
+    return torch.empty(words, dtype=torch.int64, device=device).random_(-2**63, None).view(torch.int32)[:n]
 
 
-def _keep_scale(p: float) -> float:
-    """Inverted dropout's scale for kept values; p = 1 keeps nothing, as F.dropout (the scale is then unused)."""
-    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
+def _dropout_scale(x: Tensor, p: float) -> Tensor:
+    """x's shape: 1 / (1 - p) with probability 1 - p (to within 2^-23), else 0; float32 (float64 for float64 x).
+    Made with float arithmetic on the random bits: torch's boolean masks cost several times more to make and apply.
+    p = 1 keeps nothing, as F.dropout."""
+    bits = _random_bits(x.numel(), x.device).bitwise_and_(0x7FFFFF).bitwise_or_(0x3F800000)  # exponent of 1.0
+    keep = bits.view(torch.float32).sub_(p).floor_()  # uniform in [1, 2), minus p, floored: 1 where kept, else 0
+    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    return keep.to(torch.promote_types(x.dtype, torch.float32)).mul_(scale).view(x.shape)
 
 
 def apply_dropout(x: Tensor, p: float) -> tuple[Tensor, Tensor | None]:
-    """Inverted dropout with a boolean mask from `_keep_mask` -> (the result, the mask for dropout_grad; None when
-    p is 0). nn.Dropout's distribution, at about a third of the cost of its bernoulli_ draw on CPU."""
+    """Inverted dropout -> (the result, the scale for dropout_grad; None when p is 0). nn.Dropout's distribution, at
+    about half the cost of its bernoulli_ draw on CPU."""
     if p == 0.0:
         return x, None
-    keep = _keep_mask(x.shape, p, x.device)
-    return (x * keep).mul_(_keep_scale(p)), keep
+    scale = _dropout_scale(x, p)
+    return (x * scale).to(x.dtype), scale
 
 
-def dropout_grad(grad: Tensor, keep: Tensor | None, p: float) -> Tensor:
-    """The gradient through apply_dropout, from its mask."""
-    return grad if keep is None else (grad * keep).mul_(_keep_scale(p))
+def dropout_grad(grad: Tensor, scale: Tensor | None) -> Tensor:
+    """The gradient through apply_dropout, from its scale."""
+    return grad if scale is None else (grad * scale).to(grad.dtype)
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        out, keep = apply_dropout(x, p)
-        ctx.save_for_backward(keep)
-        ctx.p = p
+        out, scale = apply_dropout(x, p)
+        ctx.save_for_backward(scale)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (keep,) = ctx.saved_tensors
-        return dropout_grad(grad, keep, ctx.p), None
+        (scale,) = ctx.saved_tensors
+        return dropout_grad(grad, scale), None
 
 
 def dropout(x: Tensor, p: float) -> Tensor:
