@@ -455,8 +455,9 @@ def test_evaluation_keeps_only_what_compute_metrics_needs(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_training_reuses_freed_memory_and_gives_it_back(tmp_path):
-    """During training a large freed buffer stays in the process for the next step (no fresh mmap, whose page
-    faults cost about a tenth of a step); the kept memory goes back to the OS when training ends."""
+    """During training and evaluation a large freed buffer stays in the process for the next step (no fresh mmap,
+    whose page faults cost about a tenth of a step); the kept memory goes back to the OS when they end, not when an
+    evaluation during training ends."""
     import ctypes
     import os
     import platform
@@ -488,10 +489,20 @@ def test_training_reuses_freed_memory_and_gives_it_back(tmp_path):
             mmapped.append(mmapped_while_holding(64 * 2**20))  # a word-embedding gradient's size
             kept.append(resident())
 
-    args = args_for(tmp_path, per_device_train_batch_size=8, max_steps=3)
-    Trainer(model=tiny_model(), args=args, train_dataset=make_data(24), callbacks=[Probe()]).train()
-    assert mmapped == [0, 0, 0]
+        on_prediction_step = on_step_end
+
+    args = args_for(tmp_path, per_device_train_batch_size=8, per_device_eval_batch_size=8, max_steps=3,
+                    eval_strategy="steps", eval_steps=1)
+    trainer = Trainer(model=tiny_model(), args=args, train_dataset=make_data(24), eval_dataset=make_data(8),
+                      callbacks=[Probe()])
+    trainer.train()
+    assert mmapped == [0] * 6  # each step, then its evaluation: still kept for the next step
     assert resident() < kept[-1] - 48 * 2**20, "the kept 64 MB are returned when training ends"
+    mmapped.clear()
+    kept.clear()
+    trainer.evaluate()
+    assert mmapped == [0]
+    assert resident() < kept[-1] - 48 * 2**20, "and when evaluation ends"
 
 
 def test_torch_compile_compiles_once_for_batches_of_every_length(tmp_path):

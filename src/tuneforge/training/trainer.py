@@ -49,25 +49,32 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_keeping_memory = False  # set inside reuse_freed_memory: evaluation during training must not end it
+
+
 @contextlib.contextmanager
 def reuse_freed_memory():
-    """Keep memory freed during training in the process, for the next step, instead of handing it back to the OS.
+    """Keep memory freed during training or evaluation in the process, for the next step, instead of handing it back
+    to the OS.
 
     Each step frees and re-allocates the same large buffers (the word-embedding gradient alone is tens of MB);
     glibc serves those with fresh mmap()s whose page faults cost about a tenth of a step on CPU. glibc only; its
-    defaults come back, and the kept memory is returned, when training ends."""
+    defaults come back, and the kept memory is returned, when the outermost use ends."""
     import ctypes
     import platform
-    if platform.libc_ver()[0] != "glibc":
+    global _keeping_memory
+    if platform.libc_ver()[0] != "glibc" or _keeping_memory:
         yield
         return
     libc = ctypes.CDLL("libc.so.6")
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    _keeping_memory = True
     try:
         yield
     finally:
+        _keeping_memory = False
         libc.mallopt(M_MMAP_MAX, 65536)
         libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
         libc.malloc_trim(0)
@@ -455,6 +462,10 @@ class Trainer:
         return output
 
     def _prediction_loop(self, dataset, name: str, prefix: str) -> PredictionOutput:
+        with reuse_freed_memory():
+            return self._predict_sorted(dataset, name, prefix)
+
+    def _predict_sorted(self, dataset, name: str, prefix: str) -> PredictionOutput:
         """Batches sorted by length (little padding per batch); outputs written straight into arrays in the input
         order, so memory holds the predictions and nothing else grows across steps."""
         rows = self._rows(dataset, name)
