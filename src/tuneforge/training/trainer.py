@@ -461,11 +461,8 @@ class Trainer:
                                                   metrics=output.metrics)
         return output
 
+    @reuse_freed_memory()
     def _prediction_loop(self, dataset, name: str, prefix: str) -> PredictionOutput:
-        with reuse_freed_memory():
-            return self._predict_sorted(dataset, name, prefix)
-
-    def _predict_sorted(self, dataset, name: str, prefix: str) -> PredictionOutput:
         """Batches sorted by length (little padding per batch); outputs written straight into arrays in the input
         order, so memory holds the predictions and nothing else grows across steps."""
         rows = self._rows(dataset, name)
