@@ -6,8 +6,9 @@ _FirstTokenMix); inference and other devices use SDPA."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,6 +47,14 @@ class Packing:
     restore: Tensor | None  # (B,) position of each input row in packing order; None: the same order
     grid_rows: Tensor | None  # (N,) each packed token's row in the stacked grids; None: they are the packed rows
     grid_sources: Tensor | None  # (R,) each grid row's packed token, N for padding
+    lengths: list[int]  # (B,) real tokens of each sequence, in packing order
+    _head_major: dict[int, HeadMajor] = field(default_factory=dict, repr=False)
+
+    def head_major(self, num_heads: int) -> HeadMajor:
+        """The head-by-head layout of the groups' projections (made once a batch, shared by its blocks)."""
+        if num_heads not in self._head_major:
+            self._head_major[num_heads] = HeadMajor.build(self, num_heads)
+        return self._head_major[num_heads]
 
     @property
     def first(self) -> Tensor:
@@ -74,7 +83,7 @@ class Packing:
         if attention_mask is None or bool(attention_mask.all()):
             heads = torch.arange(batch, device=device) * seq_len
             return Packing(None, batch, seq_len, [Group(batch, seq_len, 0, None)], heads, None,
-                           None, None)
+                           None, None, [seq_len] * batch)
         mask = attention_mask.bool()
         lengths = mask.sum(1)  # (B,)
         order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
@@ -84,7 +93,8 @@ class Packing:
         indices = order[rows] * seq_len + cols  # (N,)
         heads = torch.cumsum(sorted_lengths, 0) - sorted_lengths
         restore = torch.empty_like(order).scatter_(0, order, torch.arange(batch, device=device))
-        groups = _groups(sorted_lengths.tolist(), device)
+        lengths = sorted_lengths.tolist()
+        groups = _groups(lengths, device)
         grid_rows = grid_sources = None
         if any(g.key_mask is not None for g in groups):
             # Sequence i of a group starts at row + i * longest of the stacked grids; its tokens follow.
@@ -94,7 +104,7 @@ class Packing:
             last = groups[-1]
             grid_sources = torch.full((last.row + last.seqs * last.longest,), len(rows), device=device)
             grid_sources[grid_rows] = torch.arange(len(rows), device=device)
-        return Packing(indices, batch, seq_len, groups, heads, restore, grid_rows, grid_sources)
+        return Packing(indices, batch, seq_len, groups, heads, restore, grid_rows, grid_sources, lengths)
 
     def pack(self, grid: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -132,6 +142,55 @@ def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6
         groups.append(Group(b - a, longest, row, key_mask))
         row += (b - a) * longest
     return groups
+
+
+@dataclass
+class HeadMajor:
+    """The packed q, k and v laid out head by head: each group's are (seqs * heads, longest, head_dim) blocks of one
+    (3, rows, head_dim) tensor, so a group's attention is three batched GEMMs on views, and getting there and back
+    is one row gather each way for all groups (per-group permuting copies cost more than the maths). The groups'
+    score matrices sit end to end in one flat buffer, so masking and dropout run once for all groups."""
+
+    gather: Tensor  # (3 * rows,) row of the (N * 3 * heads, head_dim) projections for each head-major row
+    scatter: Tensor  # (N * 3 * heads,) head-major row of each projection row: gather's inverse on real tokens
+    outputs: Tensor  # (N * heads,) head-major row of each token's query, per head: where its output is
+    grad_gather: Tensor  # (rows,) row of the (N * heads + 1, head_dim) output gradient for each query row
+    blocks: list[tuple[int, int, int, int]]  # per group: first row, seqs * heads, longest, first score
+    padded_keys: Tensor | None  # (scores,) True at scores of padding keys; None: no padding
+    rows: int
+    scores: int
+
+    @staticmethod
+    def build(packing: Packing, num_heads: int) -> HeadMajor:
+        nh, lengths = num_heads, packing.lengths
+        starts = np.cumsum([0] + lengths[:-1])  # (B,) packed row of each sequence's first token
+        tokens, valid, padded_keys, blocks = [], [], [], []
+        seq = row = score = 0
+        for g in packing.groups:
+            lens = np.asarray(lengths[seq:seq + g.seqs])[:, None, None]  # (S, 1, 1)
+            pos = np.arange(g.longest)  # (L,)
+            tokens.append(np.broadcast_to(starts[seq:seq + g.seqs, None, None] + pos, (g.seqs, nh, g.longest)))
+            valid.append(np.broadcast_to(pos < lens, (g.seqs, nh, g.longest)))
+            padded_keys.append(np.broadcast_to(pos >= lens[..., None], (g.seqs, nh, g.longest, g.longest)))
+            blocks.append((row, g.seqs * nh, g.longest, score))
+            seq, row, score = seq + g.seqs, row + g.seqs * nh * g.longest, score + g.seqs * nh * g.longest ** 2
+        token, real = np.concatenate([t.ravel() for t in tokens]), np.concatenate([v.ravel() for v in valid])
+        head = np.concatenate([np.broadcast_to(np.arange(nh)[:, None], (s // nh, nh, n)).ravel()
+                               for _, s, n, _ in blocks])  # (rows,)
+        source = np.where(real, token * 3 * nh + head, 0)  # padding reads token 0: finite, and masked
+        gather = np.concatenate([source + part * nh for part in range(3)])  # q, k, v
+        n = sum(lengths)
+        scatter = np.empty(n * 3 * nh, dtype=np.int64)
+        real_rows = np.flatnonzero(real)
+        for part in range(3):
+            scatter[source[real_rows] + part * nh] = real_rows + part * row
+        outputs = scatter.reshape(-1, 3, nh)[:, 0].ravel()
+        grad_gather = np.where(real, token * nh + head, n * nh)  # padding: the zero row appended
+        masks = np.concatenate([m.ravel() for m in padded_keys]) if not real.all() else None
+        device = packing.heads.device
+        tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        return HeadMajor(tensor(gather), tensor(scatter), tensor(outputs), tensor(grad_gather), blocks,
+                         None if masks is None else tensor(masks), row, score)
 
 
 @torch.compiler.disable  # like Packing.from_mask
@@ -211,57 +270,68 @@ def _backward_outside_autocast(backward):
 
 
 class _PackedAttention(torch.autograd.Function):
-    """Attention over packed tokens with forward and backward written out, per length group: (N, 3H) -> (N, H).
-    On CPU, SDPA with dropout falls back to unfused maths whose bernoulli_ mask costs 2.5x the bit draws of
-    `apply_dropout`, and autograd's bookkeeping for the ~50 small operations per group costs more than their maths."""
+    """Attention over packed tokens with forward and backward written out, per length group, on the head-major
+    layout (HeadMajor): (N, 3H) -> (N, H). On CPU, SDPA with dropout falls back to unfused maths whose bernoulli_
+    mask costs 2.5x the bit draws of `apply_dropout`, and autograd's bookkeeping for the small operations per group
+    costs more than their maths."""
 
     @staticmethod
     def forward(ctx, qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
-        hidden = qkv.shape[1] // 3
+        tokens, hidden = qkv.shape[0], qkv.shape[1] // 3
         d = hidden // num_heads
-        grids = packing.to_grids(qkv)  # (R, 3H)
-        out = qkv.new_empty(grids.shape[0], hidden)  # (R, H)
-        saved = []
-        for g in packing.groups:
-            seqs, longest = g.seqs, g.longest
-            qkv_g = g.grid(grids, 3, num_heads, d).permute(2, 0, 3, 1, 4).reshape(3, seqs * num_heads, longest, d)
-            q, k, v = qkv_g  # each (S*nh, L, d)
-            scores = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)  # (S*nh, L, L)
-            if g.key_mask is not None:
-                scores.view(seqs, num_heads, longest, longest).masked_fill_(~g.key_mask, float("-inf"))
-            probs = torch.softmax(scores, -1)
-            dropped, scale = apply_dropout(probs, dropout_p)
-            mixed = torch.bmm(dropped, v).view(seqs, num_heads, longest, d)
-            g.grid(out, num_heads, d).copy_(mixed.transpose(1, 2))
-            saved += [qkv_g, probs, dropped, scale]
-        ctx.save_for_backward(*saved)
+        layout = packing.head_major(num_heads)
+        qkv_h = qkv.reshape(-1, d).index_select(0, layout.gather).view(3, layout.rows, d)
+        q, k, v = qkv_h  # each (rows, d)
+        scores = qkv.new_empty(layout.scores)
+        for row, b, n, score in layout.blocks:  # a group: b = seqs * heads matrices of n x n
+            rows, block = slice(row, row + b * n), scores[score:score + b * n * n].view(b, n, n)
+            torch.baddbmm(block, q[rows].view(b, n, d), k[rows].view(b, n, d).transpose(1, 2), beta=0,
+                          alpha=d**-0.5, out=block)
+        if layout.padded_keys is not None:
+            scores.masked_fill_(layout.padded_keys, float("-inf"))
+        probs = torch.empty_like(scores)
+        for row, b, n, score in layout.blocks:
+            span = slice(score, score + b * n * n)
+            torch._softmax(scores[span].view(b, n, n), -1, False, out=probs[span].view(b, n, n))
+        dropped, scale = apply_dropout(probs, dropout_p)
+        out = qkv.new_empty(layout.rows, d)
+        for row, b, n, score in layout.blocks:
+            rows = slice(row, row + b * n)
+            probs_b = dropped[score:score + b * n * n].view(b, n, n)
+            torch.bmm(probs_b, v[rows].view(b, n, d), out=out[rows].view(b, n, d))
+        ctx.save_for_backward(qkv_h, probs, dropped, scale)
         ctx.packing, ctx.num_heads = packing, num_heads
-        return packing.from_grids(out)
+        return out.index_select(0, layout.outputs).view(tokens, hidden)
 
     @staticmethod
     @once_differentiable
     @_backward_outside_autocast
     def backward(ctx, grad: Tensor):
-        packing, num_heads = ctx.packing, ctx.num_heads
-        hidden = grad.shape[1]
-        d = hidden // num_heads
-        saved = ctx.saved_tensors
-        grad_grids = packing.to_grids(grad)  # (R, H), zeros at padding: padded queries pass no gradient on
-        d_qkv = grad.new_empty(grad_grids.shape[0], 3 * hidden)  # (R, 3H)
-        for i, g in enumerate(packing.groups):
-            qkv_g, probs, dropped, scale = saved[4 * i:4 * i + 4]
-            seqs, longest = g.seqs, g.longest
-            q, k, v = qkv_g
-            d_mixed = g.grid(grad_grids, num_heads, d).transpose(1, 2).reshape(seqs * num_heads, longest, d)
-            d_grid = torch.empty_like(qkv_g)
-            dq, dk, dv = d_grid
-            torch.bmm(dropped.transpose(1, 2), d_mixed, out=dv)
-            d_probs = torch.bmm(d_mixed, v.transpose(1, 2))  # (S*nh, L, L)
-            d_scores = torch._softmax_backward_data(dropout_grad(d_probs, scale), probs, -1, probs.dtype)
-            torch.baddbmm(dq, d_scores, k, beta=0, alpha=d**-0.5, out=dq)
-            torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0, alpha=d**-0.5, out=dk)
-            g.grid(d_qkv, 3, num_heads, d).copy_(d_grid.view(3, seqs, num_heads, longest, d).permute(1, 3, 0, 2, 4))
-        return packing.from_grids(d_qkv), None, None, None
+        layout = ctx.packing.head_major(ctx.num_heads)
+        qkv_h, probs, dropped, scale = ctx.saved_tensors
+        tokens, hidden = grad.shape
+        d = hidden // ctx.num_heads
+        # Padding query rows get a zero gradient, so they pass nothing on to the keys and values they read.
+        d_out = torch.cat([grad.reshape(-1, d), grad.new_zeros(1, d)]).index_select(0, layout.grad_gather)  # (rows, d)
+        q, k, v = qkv_h
+        d_qkv_h = torch.empty_like(qkv_h)
+        dq, dk, dv = d_qkv_h
+        d_probs = torch.empty_like(probs)
+        for row, b, n, score in layout.blocks:
+            rows, span = slice(row, row + b * n), slice(score, score + b * n * n)
+            d_out_b = d_out[rows].view(b, n, d)
+            torch.bmm(dropped[span].view(b, n, n).transpose(1, 2), d_out_b, out=dv[rows].view(b, n, d))
+            torch.bmm(d_out_b, v[rows].view(b, n, d).transpose(1, 2), out=d_probs[span].view(b, n, n))
+        d_dropped = dropout_grad(d_probs, scale)
+        d_scores = torch.empty_like(probs)
+        for row, b, n, score in layout.blocks:
+            rows, span = slice(row, row + b * n), slice(score, score + b * n * n)
+            block = torch._softmax_backward_data(d_dropped[span].view(b, n, n), probs[span].view(b, n, n), -1,
+                                                 probs.dtype, grad_input=d_scores[span].view(b, n, n))
+            dq_b, dk_b = dq[rows].view(b, n, d), dk[rows].view(b, n, d)
+            torch.baddbmm(dq_b, block, k[rows].view(b, n, d), beta=0, alpha=d**-0.5, out=dq_b)
+            torch.baddbmm(dk_b, block.transpose(1, 2), q[rows].view(b, n, d), beta=0, alpha=d**-0.5, out=dk_b)
+        return d_qkv_h.view(-1, d).index_select(0, layout.scatter).view(tokens, 3 * hidden), None, None, None
 
 
 @torch.compiler.disable  # like packed_attention
