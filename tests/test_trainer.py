@@ -99,6 +99,57 @@ def test_step_equals_a_plain_pytorch_loop_with_clipping(tmp_path, optim):
         torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5, msg=key)
 
 
+def test_embedding_rows_equal_the_dense_step_and_resume_exactly(tmp_path):
+    """With sparse word-embedding gradients, the fused AdamW updates only the rows that ever had a gradient (exact
+    without weight decay): the weights equal a plain dense PyTorch loop's, the checkpoint holds the standard dense
+    moments, and a run resumed from it ends exactly where the uninterrupted run does."""
+    from tuneforge.data import DataCollatorWithPadding, shuffled_batches
+    from tuneforge.training.optim import EmbeddingRows, create_optimizer, create_scheduler
+
+    def big_vocab():  # the data's ids are below 99: under a quarter of the rows are touched, the sparse path holds
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=64, num_labels=3,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        return BertForSequenceClassification.from_config(config)
+    data = make_data(48)
+    args = args_for(tmp_path, per_device_train_batch_size=8, max_steps=6, max_grad_norm=0.05,
+                    save_strategy="steps", save_steps=3)
+    model = big_vocab()
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    rows = trainer._embedding_rows
+    assert rows is not None and 0 < rows.count < 250 and not model.get_input_embeddings().sparse
+    decayed = args_for(tmp_path, weight_decay=0.01)  # decay moves every row: the dense step, always
+    other = big_vocab()
+    assert EmbeddingRows.attach(create_optimizer(other, decayed), other) is None
+
+    by_hand = big_vocab()
+    optimizer = create_optimizer(by_hand, args)
+    scheduler = create_scheduler(optimizer, args, 6)
+    collate = DataCollatorWithPadding()
+    for batch in shuffled_batches(48, 8, 42, 0):
+        by_hand(**collate([data[i] for i in batch])).loss.backward()
+        torch.nn.utils.clip_grad_norm_(by_hand.parameters(), 0.05)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    for (key, ours), theirs in zip(model.state_dict().items(), by_hand.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5, msg=key)
+    embedding = model.get_input_embeddings().weight
+    want = optimizer.state[by_hand.get_input_embeddings().weight]
+    for key in ("exp_avg", "exp_avg_sq"):  # back in the optimizer's state after training
+        torch.testing.assert_close(trainer.optimizer.state[embedding][key], want[key], atol=1e-8, rtol=1e-5)
+
+    saved = torch.load(tmp_path / "out" / "checkpoint-3" / "optimizer.pt", weights_only=True)["state"]
+    assert any(s["exp_avg"].shape == (1000, 32) and s["exp_avg"].any() for s in saved.values())
+    resumed_model = big_vocab()
+    Trainer(model=resumed_model, args=args, train_dataset=data).train(
+        resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    for (key, ours), theirs in zip(resumed_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(ours, theirs), key
+
+
 def test_weight_decay_skips_biases_and_norms():
     from tuneforge.training.optim import decay_parameter_names
     names = decay_parameter_names(tiny_model())

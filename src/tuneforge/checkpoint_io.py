@@ -276,6 +276,10 @@ class PreTrainedModel(nn.Module):
             return push_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message,
                                revision=revision)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        base = getattr(self, self.base_model_prefix, self)
+        return base.embeddings.word_embeddings
+
     def gradient_checkpointing_enable(self) -> None:
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):

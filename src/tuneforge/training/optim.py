@@ -39,10 +39,131 @@ def clip_gradients(parameters, max_norm: float, optimizer: torch.optim.Optimizer
     one pass over every tensor (meant for AMP unscaling): that saves a separate multiply over all the gradients."""
     if sharded or not (isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused")):
         return nn.utils.clip_grad_norm_(parameters, max_norm)
-    grads = [p.grad for p in parameters if p.grad is not None]
+    for p in parameters:
+        if p.grad is not None and p.grad.is_sparse:  # EmbeddingRows: one value per row, for the norm
+            p.grad = p.grad.coalesce()
+    grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters if p.grad is not None]
     norm = nn.utils.get_total_norm(grads)
     optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp_(min=1.0)  # clip_grad_norm_'s factor, inverted
     return norm
+
+
+class EmbeddingRows:
+    """Fused AdamW for a word embedding on just the rows that have had a gradient, from sparse gradients.
+
+    A row that never had a gradient has zero moments, and AdamW without weight decay leaves it exactly as it is; yet
+    the dense step streams all of the embedding and both its moments (half of a MiniLM's parameters) and the
+    backward fills a dense gradient, while a batch touches a few hundred of 30k rows. Between begin() and end(),
+    the moments of the touched rows live here, packed in order of first touch, and the optimizer's state dict gets
+    them as the usual dense tensors, so checkpoints are the standard ones. Once a quarter of the rows have been
+    touched, the optimizer's dense step is cheaper, and takes over."""
+
+    def __init__(self, optimizer: torch.optim.AdamW, embedding: nn.Embedding):
+        self.optimizer, self.embedding, self.weight = optimizer, embedding, embedding.weight
+        # Places, not the objects: load_state_dict replaces the groups.
+        self.group_index = next(i for i, g in enumerate(optimizer.param_groups)
+                                if any(p is self.weight for p in g["params"]))
+        self.index = [id(p) for g in optimizer.param_groups for p in g["params"]].index(id(self.weight))
+        self.active = False
+
+    @staticmethod
+    def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> EmbeddingRows | None:
+        """For the model's input embedding, where the result is exactly the dense step's: a fused AdamW without
+        weight decay on it."""
+        embedding = getattr(model, "get_input_embeddings", lambda: None)()
+        if not (isinstance(embedding, nn.Embedding) and embedding.weight.requires_grad and embedding.max_norm is None
+                and isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused")):
+            return None
+        rows = EmbeddingRows(optimizer, embedding)
+        if not rows.exact():
+            return None
+        optimizer.register_step_pre_hook(lambda *_: rows.step())
+        optimizer.register_state_dict_post_hook(rows.add_dense_moments)
+        optimizer.register_load_state_dict_post_hook(lambda _: rows.pack() if rows.active else None)
+        return rows
+
+    def exact(self) -> bool:
+        group = self.optimizer.param_groups[self.group_index]
+        return group["weight_decay"] == 0.0 and not group["amsgrad"] and not group["maximize"]
+
+    def begin(self) -> None:
+        if self.exact():  # (a resumed checkpoint brings its own hyperparameters)
+            self.active = self.embedding.sparse = True
+            self.pack()
+
+    def end(self) -> None:
+        """Back to dense gradients, and the moments into the optimizer's state."""
+        if self.active:
+            state = self.optimizer.state[self.weight]
+            if "step" in state:  # else no step yet: the optimizer starts the state itself
+                state.update(zip(("exp_avg", "exp_avg_sq"), self.dense_moments()))
+            self.active = self.embedding.sparse = False
+
+    def pack(self) -> None:
+        """The optimizer's dense moments, if any, -> the touched rows' here."""
+        state, (vocab, hidden) = self.optimizer.state[self.weight], self.weight.shape
+        self.slot = torch.full((vocab,), -1, dtype=torch.long, device=self.weight.device)  # row -> packed place
+        self.rows, self.count = self.slot[:0], 0
+        self.exp_avg = self.exp_avg_sq = self.weight.new_zeros(0, hidden)
+        if "exp_avg" in state:
+            moments = state.pop("exp_avg"), state.pop("exp_avg_sq")
+            self.add_rows((moments[0].ne(0).any(1) | moments[1].ne(0).any(1)).nonzero().squeeze(1))
+            for packed, dense in zip((self.exp_avg, self.exp_avg_sq), moments):
+                torch.index_select(dense, 0, self.rows[:self.count], out=packed[:self.count])
+            if self.count > vocab // 4:
+                self.end()
+
+    def add_rows(self, new: torch.Tensor) -> None:
+        """Packed places for rows touched for the first time, in buffers that double when full."""
+        self.slot[new] = torch.arange(self.count, self.count + len(new), device=new.device)
+        self.count += len(new)
+        if self.count > len(self.rows):
+            capacity = max(2 * len(self.rows), self.count, 1024)
+            grow = lambda t: torch.cat([t, t.new_zeros(capacity - len(t), *t.shape[1:])])  # noqa: E731
+            self.rows, self.exp_avg, self.exp_avg_sq = grow(self.rows), grow(self.exp_avg), grow(self.exp_avg_sq)
+        self.rows[self.count - len(new):self.count] = new
+
+    def dense_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[:self.count]
+        return tuple(torch.zeros_like(self.weight).index_copy_(0, rows, m[:self.count])
+                     for m in (self.exp_avg, self.exp_avg_sq))
+
+    def add_dense_moments(self, optimizer, state_dict: dict) -> dict:
+        state = state_dict["state"].get(self.index)
+        if self.active and state is not None:  # a new dict: the state dict shares the optimizer's
+            state_dict["state"][self.index] = {**state, **dict(zip(("exp_avg", "exp_avg_sq"), self.dense_moments()))}
+        return state_dict
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grad = self.weight.grad
+        if not self.active or grad is None:
+            return
+        if not grad.is_sparse:  # e.g. the weight is also used elsewhere, densely: the optimizer's own step
+            self.end()
+            return
+        grad = grad.coalesce()
+        ids, values = grad.indices()[0], grad.values()
+        self.add_rows(ids[self.slot[ids] < 0])
+        if self.count > len(self.slot) // 4:
+            self.end()
+            self.weight.grad = grad.to_dense()
+            return
+        state, n = self.optimizer.state[self.weight], self.count
+        if "step" not in state:  # as the fused AdamW starts it
+            state["step"] = torch.zeros((), dtype=torch.float32, device=self.weight.device)
+        state["step"] += 1
+        rows = self.rows[:n]
+        g = values.new_zeros(n, values.shape[1]).index_copy_(0, self.slot[ids], values)
+        p = self.weight.index_select(0, rows)
+        group = self.optimizer.param_groups[self.group_index]
+        beta1, beta2 = group["betas"]
+        torch._fused_adamw_([p], [g], [self.exp_avg[:n]], [self.exp_avg_sq[:n]], [], [state["step"]],
+                            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
+                            amsgrad=False, maximize=False, grad_scale=getattr(self.optimizer, "grad_scale", None),
+                            found_inf=None)
+        self.weight.index_copy_(0, rows, p)
+        self.weight.grad = None  # the dense step skips it
 
 
 def lr_lambda(kind: str, warmup: int, total: int):

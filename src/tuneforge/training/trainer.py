@@ -21,7 +21,7 @@ from . import checkpoint, distributed
 from .arguments import TrainingArguments
 from .callbacks import (CallbackHandler, JsonlLogCallback, ProgressCallback, TensorBoardCallback, TrainerControl,
                         TrainerState)
-from .optim import clip_gradients, create_optimizer, create_scheduler
+from .optim import EmbeddingRows, clip_gradients, create_optimizer, create_scheduler
 
 logger = logging.getLogger("tuneforge")
 
@@ -102,6 +102,7 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
+        self._embedding_rows: EmbeddingRows | None = None  # set with the optimizer the Trainer creates
         self.state = TrainerState(is_world_process_zero=self.dist.is_main,
                                   is_local_process_zero=self.dist.local_rank == 0)
         self.control = TrainerControl()
@@ -241,7 +242,11 @@ class Trainer:
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         with reuse_freed_memory():
-            return self._train(resume_from_checkpoint)
+            try:
+                return self._train(resume_from_checkpoint)
+            finally:
+                if self._embedding_rows is not None:
+                    self._embedding_rows.end()
 
     def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         args, state = self.args, self.state
@@ -268,6 +273,9 @@ class Trainer:
         self._wrap_model()
         if self.optimizer is None:
             self.optimizer = create_optimizer(self.model, args)
+            # Sparse word-embedding gradients: not with DDP or the compiler; on GPUs the dense step is cheap.
+            if self.dist.world_size == 1 and self.dist.device.type == "cpu" and not args.torch_compile:
+                self._embedding_rows = EmbeddingRows.attach(self.optimizer, self.model)
         if self.lr_scheduler is None:
             self.lr_scheduler = create_scheduler(self.optimizer, args, max_steps)
         self.callback_handler.objects.update(optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
@@ -288,6 +296,8 @@ class Trainer:
         if args.eval_on_start and resume is None:
             self._evaluate_and_track()
         self.model_wrapped.train()
+        if self._embedding_rows is not None:
+            self._embedding_rows.begin()
         for epoch in range(state.global_step // steps_per_epoch, num_epochs):
             batches = self._epoch_batches(epoch, n)
             windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
