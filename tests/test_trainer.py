@@ -99,12 +99,13 @@ def test_step_equals_a_plain_pytorch_loop_with_clipping(tmp_path, optim):
         torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5, msg=key)
 
 
-@pytest.mark.parametrize("vocab", [1000, 240])
-def test_embedding_rows_equal_the_dense_step_and_resume_exactly(tmp_path, vocab):
+@pytest.mark.parametrize("vocab, accumulation", [(1000, 1), (240, 1), (1000, 2)])
+def test_embedding_rows_equal_the_dense_step_and_resume_exactly(tmp_path, vocab, accumulation):
     """With sparse word-embedding gradients, the fused AdamW updates only the rows that ever had a gradient (exact
     without weight decay): the weights equal a plain dense PyTorch loop's, the checkpoint holds the standard dense
     moments, and a run resumed from it ends exactly where the uninterrupted run does. The data's ids are below 99:
-    with 1,000 rows the sparse step holds throughout; with 240 the dense step takes over mid-run, past 60 rows."""
+    with 1,000 rows the sparse step holds throughout; with 240 the dense step takes over mid-run, past 60 rows.
+    Accumulating two batches of 4 (sparse gradients add up) equals the batches of 8 of the loop."""
     from tuneforge.data import DataCollatorWithPadding, shuffled_batches
     from tuneforge.training.optim import EmbeddingRows, create_optimizer, create_scheduler
 
@@ -115,8 +116,8 @@ def test_embedding_rows_equal_the_dense_step_and_resume_exactly(tmp_path, vocab)
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         return BertForSequenceClassification.from_config(config)
     data = make_data(48)
-    args = args_for(tmp_path, per_device_train_batch_size=8, max_steps=6, max_grad_norm=0.05,
-                    save_strategy="steps", save_steps=3)
+    args = args_for(tmp_path, per_device_train_batch_size=8 // accumulation, max_steps=6, max_grad_norm=0.05,
+                    gradient_accumulation_steps=accumulation, save_strategy="steps", save_steps=3)
     model = big_vocab()
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
