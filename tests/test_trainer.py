@@ -17,9 +17,9 @@ from trainer_child import make_data
 HERE = Path(__file__).parent
 
 
-def tiny_model(num_labels=3, dropout=0.0, seed=0):
+def tiny_model(num_labels=3, dropout=0.0, seed=0, vocab_size=99):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=37, max_position_embeddings=64, num_labels=num_labels,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return BertForSequenceClassification.from_config(config)
@@ -108,13 +108,7 @@ def test_embedding_rows_equal_the_dense_step_and_resume_exactly(tmp_path, vocab,
     Accumulating two batches of 4 (sparse gradients add up) equals the batches of 8 of the loop."""
     from tuneforge.data import DataCollatorWithPadding, shuffled_batches
     from tuneforge.training.optim import EmbeddingRows, create_optimizer, create_scheduler
-
-    def big_vocab():
-        torch.manual_seed(0)
-        config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=37, max_position_embeddings=64, num_labels=3,
-                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        return BertForSequenceClassification.from_config(config)
+    big_vocab = lambda: tiny_model(vocab_size=vocab)  # noqa: E731
     data = make_data(48)
     args = args_for(tmp_path, per_device_train_batch_size=8 // accumulation, max_steps=6, max_grad_norm=0.05,
                     gradient_accumulation_steps=accumulation, save_strategy="steps", save_steps=3)
@@ -153,6 +147,26 @@ def test_embedding_rows_equal_the_dense_step_and_resume_exactly(tmp_path, vocab,
         resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
     for (key, ours), theirs in zip(resumed_model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(ours, theirs), key
+
+
+def test_embedding_rows_leave_a_standard_optimizer_at_any_moment(tmp_path):
+    """A state dict taken before the first step loads; stopping between backward and step leaves a dense gradient
+    that the optimizer's own step takes."""
+    from tuneforge.data import DataCollatorWithPadding
+    from tuneforge.training.optim import EmbeddingRows, create_optimizer
+    model = tiny_model(vocab_size=1000)
+    optimizer = create_optimizer(model, args_for(tmp_path))
+    rows = EmbeddingRows.attach(optimizer, model)
+    rows.begin()
+    optimizer.load_state_dict(optimizer.state_dict())
+    model(**DataCollatorWithPadding()(make_data(8))).loss.backward()
+    weight = model.get_input_embeddings().weight
+    assert weight.grad.is_sparse
+    rows.end()
+    assert not weight.grad.is_sparse and not model.get_input_embeddings().sparse
+    before = weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(weight, before)
 
 
 def test_weight_decay_skips_biases_and_norms():

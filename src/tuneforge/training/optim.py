@@ -43,7 +43,7 @@ def clip_gradients(parameters, max_norm: float, optimizer: torch.optim.Optimizer
         if p.grad is not None and p.grad.is_sparse:  # EmbeddingRows: one value per row, for the norm
             p.grad = p.grad.coalesce()
     grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters if p.grad is not None]
-    norm = nn.utils.get_total_norm(grads)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # as clip_grad_norm_
     optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp_(min=1.0)  # clip_grad_norm_'s factor, inverted
     return norm
 
@@ -94,14 +94,16 @@ class EmbeddingRows:
     def end(self) -> None:
         """Back to dense gradients, and the moments into the optimizer's state."""
         if self.active:
-            state = self.optimizer.state[self.weight]
+            state = self.optimizer.state.get(self.weight, {})
             if "step" in state:  # else no step yet: the optimizer starts the state itself
                 state.update(zip(("exp_avg", "exp_avg_sq"), self.dense_moments()))
+            if self.weight.grad is not None and self.weight.grad.is_sparse:  # e.g. stopped between backward and step
+                self.weight.grad = self.weight.grad.to_dense()
             self.active = self.embedding.sparse = False
 
     def pack(self) -> None:
         """The optimizer's dense moments, if any, -> the touched rows' here."""
-        state, (vocab, hidden) = self.optimizer.state[self.weight], self.weight.shape
+        state, (vocab, hidden) = self.optimizer.state.get(self.weight, {}), self.weight.shape
         self.slot = torch.full((vocab,), -1, dtype=torch.long, device=self.weight.device)  # row -> packed place
         self.rows, self.count = self.slot[:0], 0
         self.exp_avg = self.exp_avg_sq = self.weight.new_zeros(0, hidden)
@@ -129,8 +131,8 @@ class EmbeddingRows:
                      for m in (self.exp_avg, self.exp_avg_sq))
 
     def add_dense_moments(self, optimizer, state_dict: dict) -> dict:
-        state = state_dict["state"].get(self.index)
-        if self.active and state is not None:  # a new dict: the state dict shares the optimizer's
+        state = state_dict["state"].get(self.index, {})
+        if self.active and "step" in state:  # a new dict: the state dict shares the optimizer's
             state_dict["state"][self.index] = {**state, **dict(zip(("exp_avg", "exp_avg_sq"), self.dense_moments()))}
         return state_dict
 

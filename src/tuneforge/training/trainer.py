@@ -273,6 +273,7 @@ class Trainer:
         self._wrap_model()
         if self.optimizer is None:
             self.optimizer = create_optimizer(self.model, args)
+            self._embedding_rows = None  # any earlier one belongs to an earlier optimizer
             # Sparse word-embedding gradients: not with DDP or the compiler; on GPUs the dense step is cheap.
             if self.dist.world_size == 1 and self.dist.device.type == "cpu" and not args.torch_compile:
                 self._embedding_rows = EmbeddingRows.attach(self.optimizer, self.model)
