@@ -96,7 +96,7 @@ class EmbeddingRows:
         if self.active:
             state = self.optimizer.state.get(self.weight, {})
             if "step" in state:  # else no step yet: the optimizer starts the state itself
-                state.update(zip(("exp_avg", "exp_avg_sq"), self.dense_moments()))
+                state.update(self.dense_moments())
             if self.weight.grad is not None and self.weight.grad.is_sparse:  # e.g. stopped between backward and step
                 self.weight.grad = self.weight.grad.to_dense()
             self.active = self.embedding.sparse = False
@@ -112,7 +112,7 @@ class EmbeddingRows:
             self.add_rows((moments[0].ne(0).any(1) | moments[1].ne(0).any(1)).nonzero().squeeze(1))
             for packed, dense in zip((self.exp_avg, self.exp_avg_sq), moments):
                 torch.index_select(dense, 0, self.rows[:self.count], out=packed[:self.count])
-            if self.count > vocab // 4:
+            if self.dense_is_cheaper():
                 self.end()
 
     def add_rows(self, new: torch.Tensor) -> None:
@@ -125,15 +125,18 @@ class EmbeddingRows:
             self.rows, self.exp_avg, self.exp_avg_sq = grow(self.rows), grow(self.exp_avg), grow(self.exp_avg_sq)
         self.rows[self.count - len(new):self.count] = new
 
-    def dense_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_is_cheaper(self) -> bool:
+        return self.count > len(self.slot) // 4
+
+    def dense_moments(self) -> dict[str, torch.Tensor]:
         rows = self.rows[:self.count]
-        return tuple(torch.zeros_like(self.weight).index_copy_(0, rows, m[:self.count])
-                     for m in (self.exp_avg, self.exp_avg_sq))
+        return {name: torch.zeros_like(self.weight).index_copy_(0, rows, m[:self.count])
+                for name, m in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq))}
 
     def add_dense_moments(self, optimizer, state_dict: dict) -> dict:
         state = state_dict["state"].get(self.index, {})
         if self.active and "step" in state:  # a new dict: the state dict shares the optimizer's
-            state_dict["state"][self.index] = {**state, **dict(zip(("exp_avg", "exp_avg_sq"), self.dense_moments()))}
+            state_dict["state"][self.index] = {**state, **self.dense_moments()}
         return state_dict
 
     @torch.no_grad()
@@ -147,9 +150,8 @@ class EmbeddingRows:
         grad = grad.coalesce()
         ids, values = grad.indices()[0], grad.values()
         self.add_rows(ids[self.slot[ids] < 0])
-        if self.count > len(self.slot) // 4:
-            self.end()
-            self.weight.grad = grad.to_dense()
+        if self.dense_is_cheaper():
+            self.end()  # with the gradient made dense, for the optimizer's own step
             return
         state, n = self.optimizer.state[self.weight], self.count
         if "step" not in state:  # as the fused AdamW starts it

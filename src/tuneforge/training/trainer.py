@@ -57,7 +57,7 @@ def reuse_freed_memory():
     """Keep memory freed during training or evaluation in the process, for the next step, instead of handing it back
     to the OS.
 
-    Each step frees and re-allocates the same large buffers (the word-embedding gradient alone is tens of MB);
+    Each step frees and re-allocates the same large buffers (activations and gradients of MBs each);
     glibc serves those with fresh mmap()s whose page faults cost about a tenth of a step on CPU. glibc only; its
     defaults come back, and the kept memory is returned, when the outermost use ends."""
     import ctypes
