@@ -484,6 +484,48 @@ def test_written_out_attention_edge_settings():
         out.sum().backward()
         assert x.grad.dtype == torch.float64 and torch.isfinite(x.grad).all()
 
+@pytest.mark.parametrize("name", ["gelu", "gelu_new", "relu", "silu", "tanh"])
+@pytest.mark.parametrize("out_dropout, mlp_dropout", [(0.0, 0.0), (0.3, 0.2), (0.0, 0.2)])  # BERT's, DistilBERT's
+def test_written_out_post_attention_equals_autograd(name, out_dropout, mlp_dropout):
+    """The block after attention, with its backward written out, gives autograd's output and gradients for the
+    formula, with the same dropout masks, also with some inputs and parameters frozen (their gradients are skipped)."""
+    from tuneforge.models.layers import activation, dropout, post_attention
+    torch.manual_seed(0)
+    out, fc1, fc2 = torch.nn.Linear(8, 8), torch.nn.Linear(8, 20), torch.nn.Linear(20, 8)
+    norm1, norm2 = torch.nn.LayerNorm(8), torch.nn.LayerNorm(8)
+    modules = [m.double() for m in (out, norm1, fc1, fc2, norm2)]
+    for m in (norm1, norm2):  # not the initial ones and zeros, so that their gradients matter
+        torch.nn.init.normal_(m.weight), torch.nn.init.normal_(m.bias)
+    act = activation(name)
+    a, x = (torch.randn(6, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+
+    def want():
+        h = norm1(x + dropout(out(a), out_dropout))
+        return norm2(h + dropout(fc2(act.forward(fc1(h))), mlp_dropout))
+
+    everything = [a, x] + [p for m in modules for p in m.parameters()]
+    for frozen in ([], [fc1.weight, norm1.bias, out.weight, norm2.weight, x],
+                   [a, out.bias, norm1.weight, fc1.bias, fc2.weight, norm2.bias]):
+        for p in everything:
+            p.requires_grad_(all(p is not f for f in frozen))
+        tensors = [p for p in everything if p.requires_grad]
+        upstream = torch.randn(6, 8, dtype=torch.float64)
+        results = []
+        for run in (want, lambda: post_attention(a, x, out, norm1, fc1, act, fc2, norm2, out_dropout, mlp_dropout)):
+            torch.manual_seed(1)
+            y = run()
+            results.append((y, torch.autograd.grad(y, tensors, upstream)))
+        (y_want, grads_want), (y_got, grads_got) = results
+        assert y_got.grad_fn is not None and "PostAttention" in type(y_got.grad_fn).__name__
+        torch.testing.assert_close(y_got, y_want, atol=1e-12, rtol=1e-12)
+        for i, (got, expected) in enumerate(zip(grads_got, grads_want)):
+            torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10, msg=f"gradient {i}")
+    torch.manual_seed(1)
+    if out_dropout or mlp_dropout:  # the masks are drawn, and differ from one call to the next
+        assert not torch.allclose(post_attention(a, x, out, norm1, fc1, act, fc2, norm2, out_dropout, mlp_dropout),
+                                  post_attention(a, x, out, norm1, fc1, act, fc2, norm2, out_dropout, mlp_dropout))
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_gradient_checkpointing_gives_the_same_gradients(dropout, tmp_path):
     """With dropout, the recomputed forward must draw the same masks as the first one."""

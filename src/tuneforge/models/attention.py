@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import apply_dropout, dropout_grad
+from .layers import apply_dropout, backward_outside_autocast, dropout_grad
 
 
 @dataclass
@@ -250,7 +250,7 @@ def packed_attention_cpu(qkv: Tensor, packing: Packing, num_heads: int, dropout_
 def _apply_outside_autocast(function: type[torch.autograd.Function], *args):
     """Runs a written-out autograd Function at one precision: autocast would give its forward and backward a mix of
     bfloat16 and float32 tensors that they cannot combine. Under autocast it runs in float32 (float64 if an input is);
-    its backward is decorated with _backward_outside_autocast."""
+    its backward is decorated with backward_outside_autocast."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     device = tensors[0].device.type
     if not torch.is_autocast_enabled(device):
@@ -258,15 +258,6 @@ def _apply_outside_autocast(function: type[torch.autograd.Function], *args):
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
     with torch.autocast(device, enabled=False):
         return function.apply(*(a.to(dtype) if isinstance(a, Tensor) else a for a in args))
-
-
-def _backward_outside_autocast(backward):
-    """backward is often called under the autocast that the forward ran outside of (the Trainer's bf16 step)."""
-    @functools.wraps(backward)
-    def run(ctx, *grads):
-        with torch.autocast(grads[0].device.type, enabled=False):
-            return backward(ctx, *grads)
-    return run
 
 
 class _PackedAttention(torch.autograd.Function):
@@ -305,7 +296,7 @@ class _PackedAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    @_backward_outside_autocast
+    @backward_outside_autocast
     def backward(ctx, grad: Tensor):
         layout = ctx.packing.head_major(ctx.num_heads)
         qkv_h, probs, dropped, scale = ctx.saved_tensors
@@ -381,7 +372,7 @@ class _FirstTokenMix(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    @_backward_outside_autocast
+    @backward_outside_autocast
     def backward(ctx, grad_mixed: Tensor, grad_sums: Tensor):
         packing = ctx.packing
         seqs = [g.seqs for g in packing.groups]

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from ..checkpoint_io import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
-from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, sequence_classification_loss
+from .layers import (Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention,
+                     sequence_classification_loss)
 
 # ---------------------------------------------------------------------------------------------------- config
 
@@ -101,19 +102,18 @@ class BertLayer(nn.Module):
         })
         self.intermediate = nn.ModuleDict({"dense": nn.Linear(h, i)})
         self.output = nn.ModuleDict({"dense": nn.Linear(i, h), "LayerNorm": nn.LayerNorm(h, eps=c.layer_norm_eps)})
-        self.dropout = Dropout(c.hidden_dropout_prob)
         self.act = activation(c.hidden_act)
         self.num_heads = c.num_attention_heads
-        self.attention_dropout = c.attention_probs_dropout_prob
+        self.attention_dropout, self.hidden_dropout = c.attention_probs_dropout_prob, c.hidden_dropout_prob
 
     def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn, out = self.attention.self, self.attention.output
-        dropout_p = self.attention_dropout if self.training else 0.0
+        attention_p, hidden_p = (self.attention_dropout, self.hidden_dropout) if self.training else (0.0, 0.0)
         h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
-        a = self_attention(h, x, packing, attn.query, attn.key, attn.value, self.num_heads, dropout_p)  # like h
-        h = out.LayerNorm(h + self.dropout(out.dense(a)))
-        m = self.act(self.intermediate.dense(h))  # (B or N, I)
-        return self.output.LayerNorm(h + self.dropout(self.output.dense(m)))  # like h
+        a = self_attention(h, x, packing, attn.query, attn.key, attn.value, self.num_heads, attention_p)  # like h
+        # h = LN(h + dropout(out(a))); LN(h + dropout(MLP(h))): like h
+        return post_attention(a, h, out.dense, out.LayerNorm, self.intermediate.dense, self.act, self.output.dense,
+                              self.output.LayerNorm, hidden_p, hidden_p)
 
 
 class BertPooler(nn.Module):

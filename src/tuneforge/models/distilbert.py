@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from ..checkpoint_io import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
-from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, sequence_classification_loss
+from .layers import (Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention,
+                     sequence_classification_loss)
 
 DISTILBERT_DEFAULTS = {
     "model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 512, "sinusoidal_pos_embds": False,
@@ -53,19 +54,18 @@ class TransformerBlock(nn.Module):
         self.sa_layer_norm = nn.LayerNorm(d, eps=1e-12)
         self.ffn = nn.ModuleDict({"lin1": nn.Linear(d, c.hidden_dim), "lin2": nn.Linear(c.hidden_dim, d)})
         self.output_layer_norm = nn.LayerNorm(d, eps=1e-12)
-        self.dropout = Dropout(c.dropout)
         self.act = activation(c.activation)
         self.num_heads = c.n_heads
-        self.attention_dropout = c.attention_dropout
+        self.attention_dropout, self.hidden_dropout = c.attention_dropout, c.dropout
 
     def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn = self.attention
-        dropout_p = self.attention_dropout if self.training else 0.0
+        attention_p, hidden_p = (self.attention_dropout, self.hidden_dropout) if self.training else (0.0, 0.0)
         h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
-        a = self_attention(h, x, packing, attn.q_lin, attn.k_lin, attn.v_lin, self.num_heads, dropout_p)  # like h
-        h = self.sa_layer_norm(attn.out_lin(a) + h)
-        f = self.dropout(self.ffn.lin2(self.act(self.ffn.lin1(h))))  # like h
-        return self.output_layer_norm(f + h)
+        a = self_attention(h, x, packing, attn.q_lin, attn.k_lin, attn.v_lin, self.num_heads, attention_p)  # like h
+        # h = LN(out_lin(a) + h); LN(dropout(FFN(h)) + h), with no dropout after out_lin: like h
+        return post_attention(a, h, attn.out_lin, self.sa_layer_norm, self.ffn.lin1, self.act, self.ffn.lin2,
+                              self.output_layer_norm, 0.0, hidden_p)
 
 
 class DistilBertModel(PreTrainedModel):
