@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from tuneforge.data import (DataCollatorWithPadding, RowView, default_data_collator, length_grouped_batches,
-                            shuffled_batches, sorted_batches)
+from tuneforge.data import (DataCollatorWithPadding, RowView, column_values, default_data_collator,
+                            length_grouped_batches, sequence_lengths, shuffled_batches, sorted_batches)
 
 
 def test_shuffled_batches_are_a_seeded_permutation():
@@ -52,3 +52,18 @@ def test_row_view_reads_batches_without_touching_the_dataset():
     assert view.__getitems__([2, 0]) == [{"input_ids": [4, 5, 6], "labels": 0}, {"input_ids": [1, 2], "labels": 0}]
     assert view[1] == {"input_ids": [3], "labels": 1}
     assert ds.column_names == ["input_ids", "label", "text"]
+
+
+def test_sequence_lengths_from_a_length_column_the_mask_or_the_ids_in_any_format():
+    """Real tokens per row, read in one go from a datasets.Dataset (in any format) or from a list of rows."""
+    import datasets
+    ids = [[5, 6, 7, 0, 0], [5, 6, 0, 0, 0], [5, 6, 7, 8, 9]]  # padded to one width, as padding="max_length" does
+    mask = [[1 if t else 0 for t in row] for row in ids]
+    rows = [{"input_ids": i, "attention_mask": m, "label": n % 2} for n, (i, m) in enumerate(zip(ids, mask))]
+    table = datasets.Dataset.from_list(rows)
+    for data in (rows, table, table.with_format("numpy"), table.with_format("torch")):
+        assert sequence_lengths(data).tolist() == [3, 2, 5]  # the mask's count, not the padded width
+        assert [int(v) for v in column_values(data, "label")] == [0, 1, 0]
+    no_mask = datasets.Dataset.from_list([{"input_ids": i[:n]} for i, n in zip(ids, (3, 2, 5))])
+    assert sequence_lengths(no_mask).tolist() == [3, 2, 5]
+    assert sequence_lengths(table.add_column("length", [9, 8, 7])).tolist() == [9, 8, 7]

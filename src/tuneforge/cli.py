@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
+from .data import column_values
 from .models import AutoConfig, AutoModelForSequenceClassification
 from .report import write_report
 from .tokenizer import AutoTokenizer
@@ -234,7 +235,7 @@ def pick_column(dataset, path, chosen: str | None, candidates: tuple[str, ...], 
 
 
 def check_texts(dataset, path, column: str) -> None:
-    for row, value in enumerate(dataset[column], start=1):
+    for row, value in enumerate(column_values(dataset, column), start=1):
         if value is None:
             raise UsageError(f"{path} row {row}: column {column!r} has no text")
 

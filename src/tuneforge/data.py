@@ -27,6 +27,14 @@ def column_names(dataset) -> list[str]:
     return list(first.keys())
 
 
+def column_values(dataset, name: str) -> list:
+    """One column's values, in row order. A datasets.Dataset is read in one go: indexed by a column name it gives a
+    lazy column that formats row by row (50 ms for SST-2's 872 test rows, against 1 ms)."""
+    if hasattr(dataset, "select_columns"):
+        return dataset.select_columns([name])[:][name]
+    return [row[name] for row in dataset]
+
+
 class RowView(torch.utils.data.Dataset):
     """A read-only view of the user's dataset with only `keep` columns and 'label'/'label_ids' named 'labels'.
     Nothing is copied and the user's dataset is left as it was."""
@@ -57,16 +65,10 @@ def sequence_lengths(dataset, length_column: str = "length") -> np.ndarray:
     """Real-token counts per row: a precomputed column, else the attention mask's sum, else len(input_ids)."""
     names = column_names(dataset)
     if length_column in names:
-        return np.asarray(dataset[length_column] if hasattr(dataset, "column_names")
-                          else [row[length_column] for row in dataset], dtype=np.int64)
-    key = "attention_mask" if "attention_mask" in names else "input_ids"
-    if hasattr(dataset, "column_names"):
-        column = dataset.with_format("numpy")[key] if key == "attention_mask" else dataset[key]
-    else:
-        column = (row[key] for row in dataset)
-    if key == "attention_mask":
-        return np.asarray([int(np.asarray(m).sum()) for m in column], dtype=np.int64)
-    return np.asarray([len(ids) for ids in column], dtype=np.int64)
+        return np.asarray(column_values(dataset, length_column), dtype=np.int64)
+    if "attention_mask" in names:
+        return np.asarray([int(np.asarray(m).sum()) for m in column_values(dataset, "attention_mask")], dtype=np.int64)
+    return np.asarray([len(ids) for ids in column_values(dataset, "input_ids")], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------- collators

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import (LABEL_KEYS, DataCollatorWithPadding, RowView, column_names, default_data_collator,
+from ..data import (LABEL_KEYS, DataCollatorWithPadding, RowView, column_names, column_values, default_data_collator,
                     length_grouped_batches, sequence_lengths, shuffled_batches, sorted_batches)
 from . import checkpoint, distributed
 from .arguments import TrainingArguments
@@ -169,8 +169,7 @@ class Trainer:
         problem_type = getattr(config, "problem_type", None)
         if num_labels is None or num_labels < 2 or problem_type in ("regression", "multi_label_classification"):
             return
-        values = dataset[label_column] if hasattr(dataset, "column_names") else [row[label_column] for row in dataset]
-        for row, value in enumerate(values):
+        for row, value in enumerate(column_values(dataset, label_column)):
             if isinstance(value, (list, tuple, np.ndarray)) and problem_type is None:
                 return  # multi-label targets: the loss infers the problem type from them
             if isinstance(value, str) or not float(value) == int(value):
