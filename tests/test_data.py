@@ -64,6 +64,8 @@ def test_sequence_lengths_from_a_length_column_the_mask_or_the_ids_in_any_format
     for data in (rows, table, table.with_format("numpy"), table.with_format("torch")):
         assert sequence_lengths(data).tolist() == [3, 2, 5]  # the mask's count, not the padded width
         assert [int(v) for v in column_values(data, "label")] == [0, 1, 0]
+    assert sequence_lengths(table.with_format("numpy", columns=["input_ids"])).tolist() == [3, 2, 5]
+    assert sequence_lengths(table.to_iterable_dataset()).tolist() == [3, 2, 5]
     no_mask = datasets.Dataset.from_list([{"input_ids": i[:n]} for i, n in zip(ids, (3, 2, 5))])
     assert sequence_lengths(no_mask).tolist() == [3, 2, 5]
     assert sequence_lengths(table.add_column("length", [9, 8, 7])).tolist() == [9, 8, 7]

@@ -526,6 +526,43 @@ def test_written_out_post_attention_equals_autograd(name, out_dropout, mlp_dropo
                                   post_attention(a, x, out, norm1, fc1, act, fc2, norm2, out_dropout, mlp_dropout))
 
 
+def test_post_attention_keeps_less_for_relu_and_leaves_hooked_or_replaced_modules_to_the_modules():
+    import torch.nn.functional as F
+    from tuneforge.models.layers import activation, post_attention
+    torch.manual_seed(0)
+    out, fc1, fc2 = torch.nn.Linear(8, 8), torch.nn.Linear(8, 20), torch.nn.Linear(20, 8)
+    norm1, norm2 = torch.nn.LayerNorm(8), torch.nn.LayerNorm(8)
+    a, x = (torch.randn(6, 8, requires_grad=True) for _ in range(2))
+
+    def run(act="gelu", p=0.1):
+        return post_attention(a, x, out, norm1, fc1, activation(act), fc2, norm2, p, p)
+    for act, kept in (("gelu", 2), ("relu", 1), ("tanh", 1)):  # (6, 20) tensors kept: input and output, or output
+        saved = run(act).grad_fn.saved_tensors
+        assert sum(t is not None and t.shape == (6, 20) for t in saved) == kept, act
+    calls = []
+    hook = fc1.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    y = run()
+    assert calls == [(6, 20)] and "PostAttention" not in type(y.grad_fn).__name__
+    hook.remove()
+
+    class Doubled(torch.nn.Linear):  # a wrapper in place of a Linear, as LoRA libraries put them
+        def forward(self, h):
+            return 2 * super().forward(h)
+    fc2 = Doubled(20, 8)
+    h = norm1(x + out(a))
+    torch.testing.assert_close(run(p=0.0), norm2(h + 2 * F.linear(F.gelu(fc1(h)), fc2.weight, fc2.bias)))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_models_pickle(model_type, tmp_path):
+    """torch.save(model) pickles the whole module, activations included."""
+    _, folder = reference_model(model_type, "cls", tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    copy = pickle.loads(pickle.dumps(model))
+    ids, mask = padded_batch(0)
+    torch.testing.assert_close(copy(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_gradient_checkpointing_gives_the_same_gradients(dropout, tmp_path):
     """With dropout, the recomputed forward must draw the same masks as the first one."""

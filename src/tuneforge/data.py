@@ -30,8 +30,11 @@ def column_names(dataset) -> list[str]:
 def column_values(dataset, name: str) -> list:
     """One column's values, in row order. A datasets.Dataset is read in one go: indexed by a column name it gives a
     lazy column that formats row by row (50 ms for SST-2's 872 test rows, against 1 ms)."""
-    if hasattr(dataset, "select_columns"):
-        return dataset.select_columns([name])[:][name]
+    if hasattr(dataset, "select_columns") and hasattr(dataset, "__len__"):  # a datasets.Dataset, not an iterable one
+        column = dataset.select_columns([name])
+        if column.format["columns"] is not None:  # a format limited to chosen columns: read this one unformatted
+            column = column.with_format(None)
+        return column[:][name]
     return [row[name] for row in dataset]
 
 

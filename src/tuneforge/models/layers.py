@@ -110,17 +110,38 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 class Activation(NamedTuple):
     forward: Callable[[Tensor], Tensor]
-    backward: Callable[[Tensor, Tensor, Tensor], Tensor]  # (gradient, input, output) -> the input's gradient
+    backward: Callable[[Tensor, Tensor | None, Tensor], Tensor]  # (gradient, input, output) -> the input's gradient
+    backward_reads_input: bool  # else only the output, so the input need not be kept
 
 
 _aten = torch.ops.aten
-_GELU_TANH = Activation(gelu_tanh, lambda g, x, y: _aten.gelu_backward(g, x, approximate="tanh"))
-_SILU = Activation(F.silu, lambda g, x, y: _aten.silu_backward(g, x))
-ACTIVATIONS = {"gelu": Activation(F.gelu, lambda g, x, y: _aten.gelu_backward(g, x)),
-               "gelu_new": _GELU_TANH, "gelu_pytorch_tanh": _GELU_TANH,
-               "relu": Activation(F.relu, lambda g, x, y: _aten.threshold_backward(g, y, 0)),
-               "silu": _SILU, "swish": _SILU,
-               "tanh": Activation(torch.tanh, lambda g, x, y: _aten.tanh_backward(g, y))}
+
+
+def _gelu_grad(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    return _aten.gelu_backward(grad, x)
+
+
+def _gelu_tanh_grad(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    return _aten.gelu_backward(grad, x, approximate="tanh")
+
+
+def _relu_grad(grad: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    return _aten.threshold_backward(grad, y, 0)
+
+
+def _silu_grad(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    return _aten.silu_backward(grad, x)
+
+
+def _tanh_grad(grad: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    return _aten.tanh_backward(grad, y)
+
+
+_GELU_TANH = Activation(gelu_tanh, _gelu_tanh_grad, True)
+_SILU = Activation(F.silu, _silu_grad, True)
+ACTIVATIONS = {"gelu": Activation(F.gelu, _gelu_grad, True), "gelu_new": _GELU_TANH, "gelu_pytorch_tanh": _GELU_TANH,
+               "relu": Activation(F.relu, _relu_grad, False), "silu": _SILU, "swish": _SILU,
+               "tanh": Activation(torch.tanh, _tanh_grad, False)}
 
 
 def activation(name: str) -> Activation:
@@ -134,15 +155,21 @@ def post_attention(a: Tensor, x: Tensor, out: nn.Linear, norm1: nn.LayerNorm, fc
     """The rest of a post-norm block, after attention mixed the rows x into a (both (M, H)):
         h = norm1(x + dropout(out(a)));  return norm2(h + dropout(fc2(act(fc1(h)))))
     Training on CPU runs it as one autograd Function with the backward written out (_PostAttention): autograd's
-    bookkeeping for these dozen operations cost 3% of a step. Other devices, autocast and the compiler get the
-    modules."""
+    bookkeeping for these dozen operations cost 3% of a step. Other devices, autocast, the compiler, and modules
+    that are replaced (LoRA wrappers, say), hooked or without biases get the modules."""
     if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling() and _plain(out, norm1, fc1, fc2, norm2)):
         return _PostAttention.apply(a, x, out.weight, out.bias, norm1.weight, norm1.bias, fc1.weight, fc1.bias,
                                     fc2.weight, fc2.bias, norm2.weight, norm2.bias, act, out_dropout, mlp_dropout,
                                     norm1.eps, norm2.eps)
     h = norm1(x + dropout(out(a), out_dropout))
     return norm2(h + dropout(fc2(act.forward(fc1(h))), mlp_dropout))
+
+
+def _plain(*modules: nn.Module) -> bool:
+    """Exactly nn.Linear or nn.LayerNorm, with a bias and no hooks: a written-out Function may read their tensors."""
+    return all(type(m) in (nn.Linear, nn.LayerNorm) and m.bias is not None and not m._forward_hooks
+               and not m._forward_pre_hooks for m in modules)
 
 
 def backward_outside_autocast(backward):
@@ -156,7 +183,7 @@ def backward_outside_autocast(backward):
 
 
 class _PostAttention(torch.autograd.Function):
-    """post_attention with forward and backward written out. The families' linears and norms all have biases."""
+    """post_attention with forward and backward written out."""
 
     @staticmethod
     def forward(ctx, a, x, w_out, b_out, g1, b1, w_fc1, b_fc1, w_fc2, b_fc2, g2, b2, act: Activation,
@@ -170,6 +197,7 @@ class _PostAttention(torch.autograd.Function):
         f, mlp_scale = apply_dropout(torch.addmm(b_fc2, m, w_fc2.t()), mlp_dropout)  # (M, H)
         z2 = f.add_(h)
         y, mean2, rstd2 = torch.native_layer_norm(z2, (hidden,), g2, b2, eps2)
+        u = u if act.backward_reads_input else None  # relu and tanh need only their output
         ctx.save_for_backward(a, w_out, out_scale, z1, mean1, rstd1, g1, b1, h, w_fc1, u, m, w_fc2, mlp_scale, z2,
                               mean2, rstd2, g2, b2)
         ctx.act = act
