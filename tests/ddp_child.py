@@ -12,8 +12,7 @@ import sys
 import torch
 
 from tuneforge import Trainer, TrainerCallback, TrainingArguments, metrics
-from tuneforge.models.bert import BertConfig, BertForSequenceClassification
-from trainer_child import make_data
+from trainer_child import make_data, make_model
 
 WRITE_EVENTS = {"os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree", "tempfile.mkstemp",
                 "os.truncate"}
@@ -52,11 +51,8 @@ def main(output_dir, batch, kill_at=None):
                              max_steps=12, save_steps=6, logging_steps=1, learning_rate=1e-3, seed=3,
                              eval_strategy="steps", eval_steps=6, disable_tqdm=True, ddp_timeout=60,
                              fsdp=os.environ.get("TEST_FSDP") == "1", gradient_accumulation_steps=accum)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification.from_config(config)
+    kind = os.environ.get("TEST_MODEL", "bert")
+    model, collator = make_model(kind, dropout=False)
     accuracy = metrics.load("accuracy")
 
     def compute_metrics(eval_pred):
@@ -64,8 +60,10 @@ def main(output_dir, batch, kill_at=None):
         return {**accuracy.compute(predictions=logits.argmax(-1), references=labels),
                 "n": len(labels), "label_sum": int(labels.sum())}
 
-    trainer = Trainer(model=model, args=args, train_dataset=make_data(400), eval_dataset=make_data(101, seed=1),
-                      compute_metrics=compute_metrics, callbacks=[KillAt(kill_at)] if kill_at else [])
+    trainer = Trainer(model=model, args=args, train_dataset=make_data(400, labels=collator is None),
+                      eval_dataset=make_data(101, seed=1, labels=collator is None),
+                      compute_metrics=None if kind.endswith("clm") else compute_metrics, data_collator=collator,
+                      callbacks=[KillAt(kill_at)] if kill_at else [])
     trainer.train()
     final = trainer.evaluate()
     if trainer.dist.is_main:

@@ -287,7 +287,8 @@ def test_folder_without_config(tmp_path):
 
 def test_unsupported_model_type_lists_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
-    with pytest.raises(CheckpointError, match="'gpt_neox'.*supported: bert, distilbert, roberta, xlm-roberta"):
+    supported = "bert, distilbert, gpt2, llama, mistral, qwen2, qwen3, roberta, xlm-roberta"
+    with pytest.raises(CheckpointError, match=f"'gpt_neox'.*supported: {supported}"):
         AutoModel.from_pretrained(tmp_path)
 
 
@@ -363,7 +364,7 @@ def test_first_token_attention_equals_attention_on_projected_keys_and_values():
     x = torch.randn(len(lengths), 40, 32, requires_grad=True)  # (B, T, H)
     q = torch.randn(len(lengths), 32, requires_grad=True)  # (B, H), one query per sequence in input order
     packed_q = q[torch.argsort(packing.restore)]  # (B, H) in packing order
-    got = packing.heads_to_input_order(first_token_attention(packed_q, packing.pack(x), key, value, packing, 4, 0.0))
+    got = packing.to_input_order(first_token_attention(packed_q, packing.pack(x), key, value, packing, 4, 0.0))
     k, v = (proj(x).view(len(lengths), 40, 4, 8).transpose(1, 2) for proj in (key, value))  # (B, nh, T, d)
     want = F.scaled_dot_product_attention(q.view(-1, 4, 1, 8), k, v, attn_mask=mask.bool()[:, None, None, :])
     want = want.reshape(len(lengths), 32)
@@ -476,7 +477,7 @@ def test_written_out_attention_edge_settings():
     packing = Packing.from_mask(torch.tensor([[1, 1, 1], [1, 1, 0]]), (2, 3), "cpu")
     linears = [torch.nn.Linear(8, 8).double() for _ in range(3)]
     x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
-    for h in (x, x[packing.heads]):  # all tokens, and the last block's first tokens
+    for h in (x, x[packing.starts]):  # all tokens, and the last block's first tokens
         assert not self_attention(h, x, packing, *linears, 2, 1.0).any()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = self_attention(h, x, packing, *linears, 2, 0.1)

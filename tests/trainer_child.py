@@ -7,17 +7,45 @@ import sys
 
 import torch
 
-from tuneforge import Trainer, TrainerCallback, TrainingArguments
+from tuneforge import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer, TrainerCallback
+from tuneforge import DataCollatorForLanguageModeling, TrainingArguments
 from tuneforge.models.bert import BertConfig, BertForSequenceClassification
 
+# TEST_MODEL picks the model: a BERT classifier (default), or a tiny Llama / GPT-2 as a causal LM or classifier.
+DECODERS = {
+    "llama": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=37, max_position_embeddings=64, pad_token_id=0, attention_dropout=0.1,
+                  tie_word_embeddings=True),
+    "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0),
+}
 
-def make_data(n=40, seed=0):
+
+def make_model(kind, dropout=True):
+    """A freshly initialised model from a fixed seed, and the collator its data needs (None: the default)."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=64, num_labels=3,
+                            **({} if dropout else dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
+        return BertForSequenceClassification.from_config(config), None
+    family, task = kind.split("-")
+    values = dict(DECODERS[family])
+    if not dropout:
+        values.update(attention_dropout=0.0) if family == "llama" else values.update(
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = AutoConfig.for_model(family, **values, num_labels=3)
+    if task == "clm":
+        return AutoModelForCausalLM.from_config(config), DataCollatorForLanguageModeling(mlm=False)
+    return AutoModelForSequenceClassification.from_config(config), None
+
+
+def make_data(n=40, seed=0, labels=True):
     g = torch.Generator().manual_seed(seed)
     rows = []
     for i in range(n):
         length = int(torch.randint(3, 12, (1,), generator=g))
         ids = torch.randint(5, 99, (length,), generator=g).tolist()
-        rows.append({"input_ids": ids, "attention_mask": [1] * length, "label": int(ids[0] % 3)})
+        rows.append({"input_ids": ids, "attention_mask": [1] * length, **({"label": int(ids[0] % 3)} if labels else {})})
     return rows
 
 
@@ -51,11 +79,8 @@ def main(output_dir, mode, step):
     args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=2,
                              max_steps=12, save_steps=4, logging_steps=1, learning_rate=1e-3, seed=7,
                              disable_tqdm=True)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64, num_labels=3)  # dropout 0.1 stays on
-    model = BertForSequenceClassification.from_config(config)
-    trainer = Trainer(model=model, args=args, train_dataset=make_data(), callbacks=callbacks)
+    model, collator = make_model(os.environ.get("TEST_MODEL", "bert"))  # dropout stays on
+    trainer = Trainer(model=model, args=args, train_dataset=make_data(labels=collator is None), callbacks=callbacks, data_collator=collator)
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
     result = os.path.join(output_dir, "result")
     trainer.save_model(result)

@@ -1,7 +1,8 @@
 """tuneforge: fine-tune pretrained transformer checkpoints with the names of the Transformers fine-tuning guide."""
 from . import metrics
-from .data import DataCollatorWithPadding, default_data_collator
-from .models import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from .data import DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
+from .models import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+from .models.generation import GenerationConfig
 from .models.config import Config
 from .tokenizer import AutoTokenizer
 from .training.arguments import TrainingArguments

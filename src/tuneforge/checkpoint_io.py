@@ -15,16 +15,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 logger = logging.getLogger("tuneforge")
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-# Legacy names: old TF-ported checkpoints call LayerNorm parameters gamma/beta.
-LEGACY_RENAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
-# Buffers some checkpoints carry that we compute on the fly instead; never worth a warning.
-IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
 
 
 class CheckpointError(OSError):
@@ -145,55 +140,43 @@ def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- matching
 
 
-def rename_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Checkpoint keys -> this model's keys: legacy names, and the backbone prefix ('bert.') added or dropped
-    depending on whether a bare backbone or a model with a head saved the checkpoint."""
-    expected = model.state_dict().keys()
-    prefix = model.base_model_prefix + "."
+def rename_keys(state: dict[str, torch.Tensor], expected: set[str], prefix: str, renames: dict[str, str],
+                ignored: re.Pattern | None) -> dict[str, torch.Tensor]:
+    """Checkpoint keys -> the model's keys (`expected`): the family's literal renames (old suffix -> new), and the
+    backbone prefix ('bert.') added or dropped depending on whether a bare backbone or a model with a head saved
+    the checkpoint. Keys matching `ignored` (buffers we compute on the fly) are dropped without a warning."""
+    prefix += "."
     model_has_prefix = any(k.startswith(prefix) for k in expected)
     out = {}
     for key, tensor in state.items():
-        for old, new in LEGACY_RENAMES.items():
+        for old, new in renames.items():
             if key.endswith(old):
                 key = key[: -len(old)] + new
         if model_has_prefix and not key.startswith(prefix) and prefix + key in expected:
             key = prefix + key
         elif not model_has_prefix and key.startswith(prefix):
             key = key[len(prefix):]
-        if not IGNORED_KEYS.search(key):
+        if ignored is None or not ignored.search(key):
             out[key] = tensor
     return out
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
-              ignore_mismatched_sizes: bool = False) -> dict[str, list]:
-    """Strict load of a renamed state dict into a model built on the meta device; what the checkpoint lacks is
-    initialised fresh. Returns the key report and logs it as one warning."""
-    state = rename_keys(state, model)
-    expected = model.state_dict()
-    mismatched = [(key, list(state[key].shape), list(expected[key].shape))
-                  for key in sorted(state.keys() & expected.keys()) if state[key].shape != expected[key].shape]
+def match_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], *, source: str,
+               ignore_mismatched_sizes: bool = False) -> dict[str, list]:
+    """Checks a renamed state dict against the model's shapes; drops what does not fit (mismatched shapes only with
+    ignore_mismatched_sizes) or is unused, in place. Returns the key report."""
+    mismatched = [(key, list(state[key].shape), list(expected[key]))
+                  for key in sorted(state.keys() & expected.keys()) if state[key].shape != expected[key]]
     if mismatched and not ignore_mismatched_sizes:
         shapes = "; ".join(f"{key} is {old} in the checkpoint, {new} in the model" for key, old, new in mismatched)
         raise CheckpointError(f"{source} does not fit this model ({shapes}), e.g. a head for another num_labels; "
                               "pass ignore_mismatched_sizes=True to initialise those weights fresh")
     for key, _, _ in mismatched:
         state.pop(key)
-    missing = sorted(expected.keys() - state.keys())
     unused = sorted(state.keys() - expected.keys())
     for key in unused:
         state.pop(key)
-
-    model.to_empty(device="cpu")
-    from .models.layers import init_weights
-    fresh = {k.rsplit(".", 1)[0] for k in missing}
-    for name, module in model.named_modules():
-        if name in fresh:
-            init_weights(module, getattr(model.config, "initializer_range", 0.02))
-    model.load_state_dict(state, strict=False)
-    report = {"missing": missing, "unused": unused, "mismatched": mismatched}
-    warn_about_keys(type(model).__name__, source, report)
-    return report
+    return {"missing": sorted(expected.keys() - state.keys()), "unused": unused, "mismatched": mismatched}
 
 
 def warn_about_keys(model_name: str, source: str, report: dict[str, list]) -> None:
@@ -211,87 +194,3 @@ def warn_about_keys(model_name: str, source: str, report: dict[str, list]) -> No
                      "predictions and inference.")
     if lines:
         logger.warning("\n".join(lines))
-
-
-# ------------------------------------------------------------------------------------------------ models
-
-
-class PreTrainedModel(nn.Module):
-    """The one thing every model family shares: reading and writing checkpoint folders. Nothing numerical."""
-
-    base_model_prefix = ""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-
-    @classmethod
-    def from_config(cls, config):
-        """A model with the reference's fresh initialisation (N(0, initializer_range))."""
-        from .models.layers import init_weights
-        model = cls(config)
-        std = getattr(config, "initializer_range", 0.02)
-        model.apply(lambda m: init_weights(m, std))
-        return model
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, *, config=None, ignore_mismatched_sizes: bool = False,
-                        revision: str | None = None, token: str | None = None, **config_overrides):
-        from .models import config_from_folder
-        folder = resolve_folder(name_or_path, revision=revision, token=token)
-        if config is None:
-            config = config_from_folder(folder, **config_overrides)
-        elif config_overrides:
-            raise TypeError(f"pass either config= or config overrides, not both ({', '.join(config_overrides)})")
-        state = load_state_dict(folder)
-        with torch.device("meta"):
-            model = cls(config)
-        load_into(model, state, source=str(name_or_path), ignore_mismatched_sizes=ignore_mismatched_sizes)
-        config.name_or_path = str(name_or_path)
-        return model.eval()
-
-    def save_pretrained(self, folder, *, state_dict: dict | None = None, push_to_hub: bool = False,
-                        repo_id: str | None = None, token: str | None = None, **_ignored) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config.architectures = [type(self).__name__]
-        config = {k: v for k, v in self.config.to_dict().items() if k != "name_or_path"}
-        atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
-        save_state_dict(self.state_dict() if state_dict is None else state_dict, folder / "model.safetensors")
-        if push_to_hub:
-            self.push_to_hub(repo_id or folder.name, token=token)
-        return folder
-
-    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload model with tuneforge", revision: str | None = None) -> str:
-        """Save the model (config.json + model.safetensors) and upload it to the hub repo `repo_id` in one commit.
-
-        The repo is created if missing (a bare name goes to the token owner's namespace); `revision` names a
-        branch. Returns the commit URL; failures raise `tuneforge.hub.HubError` (an OSError, one line, no token).
-        """
-        from .hub import push_folder
-        with tempfile.TemporaryDirectory(prefix="tuneforge-model-") as tmp:
-            self.save_pretrained(tmp)
-            return push_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message,
-                               revision=revision)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        base = getattr(self, self.base_model_prefix, self)
-        return base.embeddings.word_embeddings
-
-    def gradient_checkpointing_enable(self) -> None:
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = True
-
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype

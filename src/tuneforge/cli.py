@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .data import column_values
 from .models import AutoConfig, AutoModelForSequenceClassification
+from .models.registry import position_limit
 from .report import write_report
 from .tokenizer import AutoTokenizer
 from .training.arguments import TrainingArguments
@@ -301,14 +302,9 @@ def label_ids(values, path, column: str, label2id: dict[str, int], num_labels: i
 
 
 def model_capacity(config, tokenizer) -> int:
-    """The longest input the model takes: its position table (RoBERTa numbers positions from pad_token_id + 1),
-    or the tokenizer's model_max_length when that is smaller."""
-    limits = []
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta"):
-            positions -= (config.pad_token_id or 0) + 1
-        limits.append(positions)
+    """The longest input the model takes: its position limit (the family knows it), or the tokenizer's
+    model_max_length when that is smaller."""
+    limits = [position_limit(config)]
     if tokenizer.model_max_length < 1e9:  # tokenizers without a limit store int(1e30)
         limits.append(tokenizer.model_max_length)
     return min(limits) if limits else 512

@@ -130,6 +130,54 @@ class DataCollatorWithPadding:
         return batch
 
 
+class DataCollatorForLanguageModeling:
+    """Causal language modelling (mlm=False): pads input_ids/attention_mask to the batch's longest sequence (on the
+    tokenizer's padding side) and makes labels, the input ids with -100 at padding: the model shifts them. As in the
+    reference, a real token equal to pad_token_id is not trained on either. Rows that bring their own labels keep
+    them (padded with -100)."""
+
+    makes_labels = True  # the Trainer needs no label column
+
+    def __init__(self, tokenizer=None, mlm: bool = True, mlm_probability: float = 0.15, pad_to_multiple_of=None,
+                 return_tensors: str = "pt"):
+        if mlm:
+            raise ValueError("DataCollatorForLanguageModeling(mlm=True) (masked language modelling) is not "
+                             "implemented yet; pass mlm=False for causal language modelling")
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+        self.pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[Mapping]) -> dict:
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad = self.pad_token_id if self.pad_token_id is not None else 0
+
+        def padded(key, value, default):
+            rows = [list(f[key]) if key in f else default(f) for f in features]
+            rows = [r[::-1] for r in rows] if self.left else rows
+            out = _pad_rows(rows, value, width)
+            return out.flip(1) if self.left else out
+
+        batch = {"input_ids": padded("input_ids", pad, None),
+                 "attention_mask": padded("attention_mask", 0, lambda f: [1] * len(f["input_ids"]))}
+        if any(k in features[0] for k in LABEL_KEYS):
+            key = next(k for k in LABEL_KEYS if k in features[0])
+            batch["labels"] = padded(key, -100, None)
+        else:
+            labels = batch["input_ids"].clone()
+            labels[batch["attention_mask"] == 0] = -100
+            if self.pad_token_id is not None:
+                labels[labels == self.pad_token_id] = -100
+            batch["labels"] = labels
+        for key in features[0]:
+            if key not in batch and key not in LABEL_KEYS:
+                batch[key] = _stack([f[key] for f in features])
+        return batch
+
+
 def default_data_collator(features: list[Mapping]) -> dict:
     """Stacks features of equal length (e.g. padded with padding="max_length"); 'label' becomes 'labels'."""
     if any(k in features[0] for k in PADDED_KEYS):
@@ -181,3 +229,17 @@ def _chunk(items: list[int], size: int, drop_last: bool) -> list[list[int]]:
     if drop_last and chunks and len(chunks[-1]) < size:
         chunks.pop()
     return chunks
+
+
+def store_rows(array: np.ndarray | None, indices, values: np.ndarray, rows: int) -> np.ndarray:
+    """Writes a batch's outputs into the rows `indices` of the whole set's array. Outputs whose length varies by
+    batch (per-token logits, labels) are padded with -100 to the widest seen, as in the reference."""
+    if array is None:
+        array = np.full((rows, *values.shape[1:]), -100, dtype=values.dtype)
+    if values.ndim > 1 and values.shape[1] != array.shape[1]:
+        width = max(values.shape[1], array.shape[1])
+        grow = lambda a: np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2),  # noqa: E731
+                                constant_values=-100)
+        array, values = grow(array), grow(values)
+    array[indices] = values
+    return array

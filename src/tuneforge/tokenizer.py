@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 logger = logging.getLogger("tuneforge")
 
@@ -33,6 +34,10 @@ WORDPIECE_VOCAB_FILE = "vocab.txt"
 BPE_VOCAB_FILE = "vocab.json"
 BPE_MERGES_FILE = "merges.txt"
 MODEL_CONFIG_FILE = "config.json"
+# Transformers 5 saves a single chat template as chat_template.jinja and named extra ones in
+# additional_chat_templates/NAME.jinja; older folders keep them in tokenizer_config.json.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
 _FILES_LOOKED_FOR = (
     TOKENIZER_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -41,6 +46,7 @@ _FILES_LOOKED_FOR = (
     BPE_VOCAB_FILE,
     BPE_MERGES_FILE,
     MODEL_CONFIG_FILE,
+    CHAT_TEMPLATE_FILE,
 )
 
 # Transformers stores "no maximum length" as int(1e30), which round-trips through JSON as
@@ -85,14 +91,15 @@ _ROBERTA_SPECIAL_TOKENS = {
 }
 _GPT2_SPECIAL_TOKENS = {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
 _DEBERTA_SPECIAL_TOKENS = {**_BERT_SPECIAL_TOKENS, "bos_token": "[CLS]", "eos_token": "[SEP]"}
+_QWEN2_SPECIAL_TOKENS = {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
 
 
 @dataclass(frozen=True)
 class _ReferenceClass:
     model_input_names: tuple[str, ...]
     default_special_tokens: dict = field(default_factory=dict)
-    # How the class builds its pipeline from vocabulary files: "wordpiece" (vocab.txt), "roberta" or
-    # "gpt2" (byte-level BPE from vocab.json + merges.txt); None when it needs a tokenizer.json.
+    # How the class builds its pipeline from vocabulary files: "wordpiece" (vocab.txt), "roberta", "gpt2" or
+    # "qwen2" (byte-level BPE from vocab.json + merges.txt); None when it needs a tokenizer.json.
     vocab_pipeline: str | None = None
 
 
@@ -117,7 +124,11 @@ _REFERENCE_CLASSES = {
     "GPT2Tokenizer": _ReferenceClass(_WITHOUT_TOKEN_TYPES, _GPT2_SPECIAL_TOKENS, "gpt2"),
     "DebertaTokenizer": _DEBERTA,
     "DebertaV2Tokenizer": _DEBERTA,
+    "Qwen2Tokenizer": _ReferenceClass(_WITHOUT_TOKEN_TYPES, _QWEN2_SPECIAL_TOKENS, "qwen2"),
 }
+
+# Transformers' generic class (PreTrainedTokenizerFast is an alias of it): tokenizer.json as it is.
+_GENERIC_CLASS = "TokenizersBackend"
 
 # When tokenizer_config.json names no class, Transformers picks one from the model's config.json.
 _CLASS_BY_MODEL_TYPE = {
@@ -128,6 +139,13 @@ _CLASS_BY_MODEL_TYPE = {
     "gpt2": "GPT2Tokenizer",
     "deberta": "DebertaTokenizer",
     "deberta-v2": "DebertaV2Tokenizer",
+    "qwen2": "Qwen2Tokenizer",
+    "qwen2_moe": "Qwen2Tokenizer",
+    "qwen3": "Qwen2Tokenizer",
+    "qwen3_moe": "Qwen2Tokenizer",
+    # No class of their own (mistral's needs mistral-common, which we do not mirror): tokenizer.json as is.
+    "llama": _GENERIC_CLASS,
+    "mistral": _GENERIC_CLASS,
 }
 
 
@@ -228,12 +246,13 @@ def _to_python(value):
 # --------------------------------------------------------------------------------------------------
 
 
-def _locate_tokenizer_files(name_or_path, revision=None, token=None) -> dict[str, Path]:
-    """The tokenizer files present in a checkpoint folder (local, or a hub id fetched through the cache)."""
+def _locate_tokenizer_files(name_or_path, revision=None, token=None) -> tuple[Path, dict[str, Path]]:
+    """The folder and the tokenizer files in it (a local folder, or a hub id fetched through the cache)."""
     from .checkpoint_io import is_local
     if not is_local(name_or_path):
-        from .hub import resolve_folder
-        name_or_path = resolve_folder(str(name_or_path), revision=revision, token=token)
+        from .hub import DEFAULT_ALLOW_PATTERNS, resolve_folder
+        patterns = (*DEFAULT_ALLOW_PATTERNS, CHAT_TEMPLATE_FILE, f"{CHAT_TEMPLATE_DIR}/*.jinja")
+        name_or_path = resolve_folder(str(name_or_path), revision=revision, token=token, allow_patterns=patterns)
     folder = Path(name_or_path)
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -247,7 +266,20 @@ def _locate_tokenizer_files(name_or_path, revision=None, token=None) -> dict[str
             f"No tokenizer files in '{folder}': looked for {TOKENIZER_FILE}, {WORDPIECE_VOCAB_FILE} (WordPiece) "
             f"and {BPE_VOCAB_FILE} + {BPE_MERGES_FILE} (byte-level BPE)."
         )
-    return found
+    return folder, found
+
+
+def _locate_gguf(name_or_path, gguf_file, revision=None, token=None) -> Path:
+    """The GGUF file `gguf_file` in a local folder, or fetched (that file alone) from a hub repo."""
+    from .checkpoint_io import is_local
+    folder = Path(name_or_path)
+    if not is_local(name_or_path):
+        from .hub import resolve_folder
+        folder = resolve_folder(str(name_or_path), revision=revision, token=token, allow_patterns=[str(gguf_file)])
+    path = folder / gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: '{path}'")
+    return path
 
 
 def _read_json(path: Path) -> dict:
@@ -262,16 +294,27 @@ def _token_content(value):
     return getattr(value, "content", value)
 
 
-def _read_settings(files: dict[str, Path], overrides: dict) -> dict:
-    """tokenizer_config.json, then special_tokens_map.json, then the caller's keyword arguments; later wins."""
+def _read_settings(folder: Path, files: dict[str, Path], overrides: dict) -> dict:
+    """tokenizer_config.json, then special_tokens_map.json, then the caller's keyword arguments; later wins.
+
+    Chat template files (chat_template.jinja, additional_chat_templates/) win over the config's
+    "chat_template", as in Transformers; a chat_template keyword argument wins over both.
+    """
     config = _read_json(files[TOKENIZER_CONFIG_FILE]) if TOKENIZER_CONFIG_FILE in files else {}
     settings = dict(config)
     # Transformers reads special_tokens_map.json only for folders whose config has no added_tokens_decoder
     # (folders written before that key existed); newer folders keep the special tokens in the config.
     if SPECIAL_TOKENS_MAP_FILE in files and "added_tokens_decoder" not in config:
         settings.update(_read_json(files[SPECIAL_TOKENS_MAP_FILE]))
+    templates = _read_chat_templates(folder)
+    if templates is not None:
+        settings["chat_template"] = templates
     settings.update(overrides)
+    return _normalize_settings(settings)
 
+
+def _normalize_settings(settings: dict) -> dict:
+    """Special tokens (saved as strings or AddedToken dicts) as their text; extra special tokens as a list."""
     for name in SPECIAL_TOKEN_NAMES:
         if settings.get(name) is not None:
             settings[name] = _token_content(settings[name])
@@ -281,6 +324,18 @@ def _read_settings(files: dict[str, Path], overrides: dict) -> dict:
         extra = list(extra.values())
     settings["extra_special_tokens"] = [_token_content(token) for token in extra]
     return settings
+
+
+def _read_chat_templates(folder: Path):
+    """chat_template.jinja (the default) and additional_chat_templates/NAME.jinja: a string, a dict, or None."""
+    templates = {}
+    if (folder / CHAT_TEMPLATE_FILE).is_file():
+        templates["default"] = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    for path in sorted((folder / CHAT_TEMPLATE_DIR).glob("*.jinja")):
+        templates[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
+    if list(templates) == ["default"]:
+        return templates["default"]
+    return templates or None
 
 
 def _resolve_class_name(settings: dict, files: dict[str, Path]) -> str:
@@ -303,7 +358,10 @@ def _load_backend(files: dict[str, Path], reference: _ReferenceClass | None, set
     if TOKENIZER_FILE in files:
         backend = Tokenizer.from_file(str(files[TOKENIZER_FILE]))
         _apply_config_to_pipeline(backend, settings)
-    elif has_bpe_files and (pipeline in ("roberta", "gpt2") or WORDPIECE_VOCAB_FILE not in files):
+        if pipeline == "qwen2":
+            # Qwen2Tokenizer keeps only the vocabulary, merges and post-processor of tokenizer.json.
+            _set_qwen2_pipeline(backend, settings)
+    elif has_bpe_files and (pipeline in ("roberta", "gpt2", "qwen2") or WORDPIECE_VOCAB_FILE not in files):
         backend = _byte_level_bpe_backend(files[BPE_VOCAB_FILE], files[BPE_MERGES_FILE], pipeline, settings)
     else:
         backend = _wordpiece_backend(files[WORDPIECE_VOCAB_FILE], settings)
@@ -353,8 +411,13 @@ def _wordpiece_backend(vocab_file: Path, settings: dict) -> Tokenizer:
     return backend
 
 
+# Qwen2Tokenizer's pre-tokenizer split (Transformers' PRETOKENIZE_REGEX for Qwen2).
+_QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+                r"""|\s+(?!\S)|\s+""")
+
+
 def _byte_level_bpe_backend(vocab_file: Path, merges_file: Path, pipeline: str | None, settings: dict) -> Tokenizer:
-    """RoBERTa's (or GPT-2's) byte-level BPE pipeline, built from vocab.json + merges.txt."""
+    """RoBERTa's (or GPT-2's, or Qwen2's) byte-level BPE pipeline, built from vocab.json + merges.txt."""
     add_prefix_space = bool(settings.get("add_prefix_space", False))
     backend = Tokenizer(
         models.BPE.from_file(
@@ -368,8 +431,10 @@ def _byte_level_bpe_backend(vocab_file: Path, merges_file: Path, pipeline: str |
     )
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     backend.decoder = decoders.ByteLevel()
+    if pipeline == "qwen2":
+        _set_qwen2_pipeline(backend, settings)
     _add_special_tokens(backend, _named_special_tokens(settings))
-    if pipeline == "gpt2":
+    if pipeline in ("gpt2", "qwen2"):
         # GPT-2 adds no special tokens around its inputs; a pair is just A then B.
         backend.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1", special_tokens=[])
     else:
@@ -381,6 +446,22 @@ def _byte_level_bpe_backend(vocab_file: Path, merges_file: Path, pipeline: str |
             add_prefix_space=add_prefix_space,
         )
     return backend
+
+
+def _set_qwen2_pipeline(backend: Tokenizer, settings: dict) -> None:
+    """Qwen2Tokenizer's normalizer, pre-tokenizer and decoder."""
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=bool(settings.get("add_prefix_space", False)), use_regex=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+
+
+def _check_side(name: str, value) -> str:
+    if value not in ("right", "left"):
+        raise ValueError(f"{name} must be 'right' or 'left', got {value!r}")
+    return value
 
 
 def _named_special_tokens(settings: dict) -> list[str]:
@@ -467,6 +548,8 @@ class PreTrainedTokenizerFast:
         model_input_names=None,
         clean_up_tokenization_spaces: bool = False,
         extra_special_tokens=(),
+        chat_template=None,
+        chat_control_tokens=None,
         **special_tokens,
     ):
         if tokenizer_object is None and tokenizer_file is None:
@@ -476,8 +559,6 @@ class PreTrainedTokenizerFast:
         unknown = set(special_tokens) - set(SPECIAL_TOKEN_NAMES)
         if unknown:
             raise TypeError(f"Unexpected keyword arguments: {sorted(unknown)}")
-        if padding_side not in ("right", "left") or truncation_side not in ("right", "left"):
-            raise ValueError("padding_side and truncation_side must be 'right' or 'left'")
 
         self._tokenizer = tokenizer_object
         self._tokenizer.no_padding()
@@ -499,23 +580,79 @@ class PreTrainedTokenizerFast:
             if value is not None:
                 self._special_tokens[name] = _token_content(value)
         self._extra_special_tokens = [_token_content(token) for token in extra_special_tokens]
+        self.chat_template = chat_template
+        if chat_control_tokens is not None and not isinstance(chat_control_tokens, (list, tuple)):
+            raise TypeError(f"chat_control_tokens must be a list of strings, got {chat_control_tokens!r}")
+        # Added tokens that count as control tokens for apply_chat_template(sanitize_control_tokens=True).
+        self.chat_control_tokens = None if chat_control_tokens is None else list(chat_control_tokens)
         _add_special_tokens(self._tokenizer, self.all_special_tokens)
         self._warned_about_length = False
+
+    @property
+    def padding_side(self) -> str:
+        """Where padding goes: "right" (the default) or "left" (decoders generating from a batch)."""
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, value):
+        self._padding_side = _check_side("padding_side", value)
+
+    @property
+    def truncation_side(self) -> str:
+        """Which end truncation cuts: "right" (the default) or "left"."""
+        return self._truncation_side
+
+    @truncation_side.setter
+    def truncation_side(self, value):
+        self._truncation_side = _check_side("truncation_side", value)
+
+    @property
+    def chat_template(self):
+        """The Jinja chat template: a string, a dict of named templates, or None."""
+        return self._chat_template
+
+    @chat_template.setter
+    def chat_template(self, value):
+        if isinstance(value, (list, tuple)):  # tokenizer_config.json's form for named templates
+            try:
+                value = {entry["name"]: entry["template"] for entry in value}
+            except (TypeError, KeyError):
+                raise ValueError("a list of chat templates must hold {'name': ..., 'template': ...} dicts") from None
+        if not (value is None or isinstance(value, str)
+                or (isinstance(value, dict) and all(isinstance(t, str) for t in value.values()))):
+            raise TypeError(f"chat_template must be a string or a dict of named strings, got {type(value).__name__}")
+        self._chat_template = value
 
     # ---- loading ----------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> PreTrainedTokenizerFast:
-        """Load the tokenizer of a checkpoint folder; keyword arguments override its tokenizer_config.json."""
-        files = _locate_tokenizer_files(pretrained_model_name_or_path, kwargs.pop("revision", None),
-                                        kwargs.pop("token", None))
-        settings = _read_settings(files, kwargs)
-        class_name = _resolve_class_name(settings, files)
-        reference = _REFERENCE_CLASSES.get(class_name)
-        if reference is not None:
-            for name, token in reference.default_special_tokens.items():
-                settings.setdefault(name, token)
-        backend = _load_backend(files, reference, settings)
+        """Load the tokenizer of a checkpoint folder; keyword arguments override its tokenizer_config.json.
+
+        `gguf_file=NAME` reads the tokenizer stored in the GGUF file NAME of the folder (or hub repo) instead.
+        """
+        revision, token = kwargs.pop("revision", None), kwargs.pop("token", None)
+        gguf_file = kwargs.pop("gguf_file", None)
+        if gguf_file is not None:
+            from .gguf_io import read_gguf_tokenizer
+            backend, gguf_settings = read_gguf_tokenizer(_locate_gguf(pretrained_model_name_or_path, gguf_file,
+                                                                      revision, token))
+            # gguf_io's backend already adds BOS / EOS as the file's add_bos_token / add_eos_token say.
+            settings = _normalize_settings({**gguf_settings, **kwargs})
+            class_name = _GENERIC_CLASS
+        else:
+            folder, files = _locate_tokenizer_files(pretrained_model_name_or_path, revision, token)
+            settings = _read_settings(folder, files, kwargs)
+            class_name = _resolve_class_name(settings, files)
+            reference = _REFERENCE_CLASSES.get(class_name)
+            if reference is not None:
+                for name, default in reference.default_special_tokens.items():
+                    settings.setdefault(name, default)
+            backend = _load_backend(files, reference, settings)
+        for side in ("padding_side", "truncation_side"):
+            if settings.get(side) not in (None, "right", "left"):
+                raise ValueError(f"{side} must be 'right' or 'left', got {settings[side]!r} (loading "
+                                 f"'{pretrained_model_name_or_path}')")
         return cls(
             backend,
             name_or_path=str(pretrained_model_name_or_path),
@@ -526,6 +663,8 @@ class PreTrainedTokenizerFast:
             model_input_names=settings.get("model_input_names"),
             clean_up_tokenization_spaces=settings.get("clean_up_tokenization_spaces", False),
             extra_special_tokens=settings["extra_special_tokens"],
+            chat_template=settings.get("chat_template"),
+            chat_control_tokens=settings.get("chat_control_tokens"),
             **{name: settings.get(name) for name in SPECIAL_TOKEN_NAMES},
         )
 
@@ -722,7 +861,7 @@ class PreTrainedTokenizerFast:
                 backend.enable_truncation(max_length, strategy=truncation, direction=self.truncation_side)
             if padding != "do_not_pad":
                 backend.enable_padding(
-                    direction=padding_side or self.padding_side,
+                    direction=_check_side("padding_side", padding_side or self.padding_side),
                     pad_id=self.pad_token_id,
                     pad_type_id=self.pad_token_type_id,
                     pad_token=self.pad_token,
@@ -847,6 +986,170 @@ class PreTrainedTokenizerFast:
                     padded[key] = list(padded[key]) + filler if side == "right" else filler + list(padded[key])
         return padded
 
+    # ---- chat templates ---------------------------------------------------------------------------
+
+    def get_chat_template(self, chat_template: str | None = None, tools=None) -> str:
+        """The template source apply_chat_template uses.
+
+        `chat_template` is a template, or the name of one of the tokenizer's named templates; without it, the
+        tokenizer's own ("tool_use" when there are tools and it has one, else "default").
+        """
+        templates = self.chat_template
+        if isinstance(templates, dict):
+            if chat_template is not None:
+                return templates.get(chat_template, chat_template)
+            if tools is not None and "tool_use" in templates:
+                return templates["tool_use"]
+            if "default" in templates:
+                return templates["default"]
+            raise ValueError(f"The tokenizer has several chat templates and none named 'default': pass "
+                             f"chat_template= one of {sorted(templates)}")
+        if chat_template is not None:
+            return chat_template
+        if templates is None:
+            raise ValueError(f"The tokenizer of '{self.name_or_path}' has no chat template (no {CHAT_TEMPLATE_FILE} "
+                             f"and no 'chat_template' in {TOKENIZER_CONFIG_FILE}): pass chat_template= or set "
+                             "tokenizer.chat_template")
+        return templates
+
+    def apply_chat_template(
+        self,
+        conversation,
+        tools=None,
+        documents=None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool | str = False,
+        tokenize: bool = True,
+        sanitize_control_tokens: bool = False,
+        padding=False,
+        truncation: bool = False,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_dict: bool = True,
+        return_assistant_tokens_mask: bool = False,
+        tokenizer_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Render a conversation (a list of {"role", "content"} dicts), or a batch of them, with the chat template.
+
+        As in Transformers 5: tokenize=False gives the text (a list of texts for a batch); otherwise a
+        BatchEncoding of input_ids and attention_mask (special tokens come from the template, none are added),
+        or only the input_ids with return_dict=False. return_assistant_tokens_mask adds "assistant_masks": 1 for
+        tokens the template marks with {% generation %}. The special tokens (bos_token, ...) and any other
+        keyword arguments are template variables; tokenizer_kwargs go to the tokenizer call (padding_side=, ...).
+        sanitize_control_tokens encodes control tokens that appear in the user's strings as plain text.
+        A template that fails raises a one-line ChatTemplateError (a ValueError) with its own message.
+        """
+        from . import chat_template as templating
+
+        if not tokenize:
+            return_dict = False
+        if return_assistant_tokens_mask and not return_dict:
+            raise ValueError("return_assistant_tokens_mask=True needs return_dict=True and tokenize=True")
+        source = self.get_chat_template(chat_template, tools)
+        if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
+            raise ValueError("Cannot apply a chat template to an empty conversation: give at least one message")
+        is_batched = isinstance(conversation, (list, tuple)) and (
+            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
+        conversations = [templating.normalize_conversation(c) for c in (conversation if is_batched else [conversation])]
+        if continue_final_message and add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be set: the first "
+                             "continues the final message, the second starts a new assistant message")
+        if continue_final_message and return_assistant_tokens_mask:
+            raise ValueError("continue_final_message cannot be combined with return_assistant_tokens_mask")
+        if sanitize_control_tokens:
+            if not tokenize or return_assistant_tokens_mask:
+                raise ValueError("sanitize_control_tokens=True needs tokenize=True and no return_assistant_tokens_mask")
+            pattern = templating.control_token_pattern(self._control_tokens(source))
+            conversations, tools, documents, kwargs = templating.mark_control_tokens(
+                [conversations, tools, documents, kwargs], pattern)
+        if "padding_side" in kwargs:  # as in Transformers, a template variable, not a padding setting
+            logger.warning("apply_chat_template(padding_side=...) only reaches the template; pad on a side with "
+                           "tokenizer_kwargs={'padding_side': ...} or tokenizer.padding_side")
+        if return_assistant_tokens_mask and not re.search(r"\{%-?\s*generation\s*-?%\}", source):
+            logger.warning("return_assistant_tokens_mask=True but the chat template has no {% generation %} "
+                           "block, so every mask is 0")
+
+        texts, spans = templating.render(
+            source, conversations, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, track_generation=return_assistant_tokens_mask,
+            variables={**self.special_tokens_map, **kwargs},
+        )
+        if not tokenize:
+            return texts if is_batched else texts[0]
+        call = dict(padding=padding, truncation=truncation, max_length=max_length, return_tensors=return_tensors,
+                    **(tokenizer_kwargs or {}))
+        if sanitize_control_tokens:
+            out = self._encode_marked(texts if is_batched else texts[0], **call)
+        else:
+            out = self(texts if is_batched else texts[0], add_special_tokens=False, **call)
+        if not return_dict:
+            return out["input_ids"]
+        if return_assistant_tokens_mask:
+            masks = [_assistant_mask(encoding.offsets, marked) for encoding, marked in zip(out.encodings, spans)]
+            out["assistant_masks"] = masks if is_batched or return_tensors else masks[0]
+            if return_tensors:
+                out.convert_to_tensors(return_tensors)
+        return out
+
+    def _control_tokens(self, source: str) -> list[str]:
+        """Tokens that sanitize_control_tokens encodes as text in user input (as Transformers picks them).
+
+        Special tokens, plus the added tokens in chat_control_tokens when set, else the added tokens that the
+        template itself writes (in its text or string literals), whitespace tokens aside.
+        """
+        from .chat_template import template_literals
+        added = self._tokenizer.get_added_tokens_decoder().values()
+        if self.chat_control_tokens is not None:
+            wanted = set(self.chat_control_tokens)
+            return [token.content for token in added if token.special or token.content in wanted]
+        literals = template_literals(source)
+        return [token.content for token in added
+                if token.special or (token.content in literals and not token.content.isspace())]
+
+    def _encode_marked(self, text, padding=False, truncation=False, max_length=None, return_tensors=None,
+                       pad_to_multiple_of=None, padding_side=None, return_attention_mask=None):
+        """Token ids of chats whose user-written control tokens are marked: those become plain text."""
+        from .chat_template import split_marked
+        padding, truncation, max_length = self._resolve_strategies(padding, truncation, max_length, pad_to_multiple_of)
+        added = [token.content for token in self._tokenizer.get_added_tokens_decoder().values()]
+        newline = self._tokenizer.encode("\n", add_special_tokens=False).ids
+        batch = []
+        for chat in [text] if isinstance(text, str) else text:
+            pieces = split_marked(chat, added)
+            ids = self._tokenizer.encode(pieces[0], add_special_tokens=False).ids
+            for i, piece in enumerate(pieces[1:], start=1):
+                if not piece:
+                    continue
+                as_text = i % 2 == 1  # odd pieces are the marked tokens
+                piece_ids = self._encode_piece(piece, as_text, newline)
+                if as_text and self._tokenizer.token_to_id(piece) in piece_ids:
+                    raise ValueError(f"Cannot sanitize {piece!r}: the tokenizer makes that token from plain text")
+                ids += piece_ids
+            if truncation != "do_not_truncate" and max_length is not None:
+                ids = ids[:max_length] if self.truncation_side == "right" else ids[-max_length:]
+            batch.append(ids)
+        return self.pad({"input_ids": batch[0] if isinstance(text, str) and not return_tensors else batch},
+                        padding=padding, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of,
+                        padding_side=padding_side, return_attention_mask=return_attention_mask,
+                        return_tensors=return_tensors)
+
+    def _encode_piece(self, piece: str, as_text: bool, newline: list[int]) -> list[int]:
+        """Ids of a piece from inside a chat; as_text: without matching any added token."""
+        def encode(text):
+            if not as_text:
+                return self._tokenizer.encode(text, add_special_tokens=False).ids
+            backend = self._tokenizer
+            if backend.normalizer is not None:
+                text = backend.normalizer.normalize_str(text)
+            splits = [split for split, _ in backend.pre_tokenizer.pre_tokenize_str(text)] if backend.pre_tokenizer \
+                else [text]
+            return [token.id for split in splits for token in backend.model.tokenize(split)]
+        # After a newline, so a SentencePiece pipeline adds no prefix space; then drop the newline's ids.
+        ids = encode("\n" + piece)
+        return ids[len(newline):] if ids[:len(newline)] == newline else encode(piece)
+
     # ---- decoding ---------------------------------------------------------------------------------
 
     def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None):
@@ -878,11 +1181,14 @@ class PreTrainedTokenizerFast:
     # ---- saving -----------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory) -> tuple[str, ...]:
-        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; return their paths.
+        """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and the chat templates.
 
-        Transformers' AutoTokenizer loads the folder to the same ids, as does `from_pretrained` here.
+        Returns the paths written. The chat template goes to chat_template.jinja (named extra templates to
+        additional_chat_templates/NAME.jinja), as Transformers 5 writes it. Transformers' AutoTokenizer loads
+        the folder to the same ids and template, as does `from_pretrained` here.
         """
         folder = Path(save_directory)
+        template_files = self._chat_template_files(folder)
         folder.mkdir(parents=True, exist_ok=True)
 
         config = {
@@ -897,6 +1203,8 @@ class PreTrainedTokenizerFast:
         }
         if self._extra_special_tokens:
             config["extra_special_tokens"] = list(self._extra_special_tokens)
+        if self.chat_control_tokens is not None:
+            config["chat_control_tokens"] = list(self.chat_control_tokens)
 
         config_path = folder / TOKENIZER_CONFIG_FILE
         special_tokens_path = folder / SPECIAL_TOKENS_MAP_FILE
@@ -908,7 +1216,23 @@ class PreTrainedTokenizerFast:
         backend.no_padding()
         backend.no_truncation()
         backend.save(str(tokenizer_path))
-        return str(config_path), str(special_tokens_path), str(tokenizer_path)
+        for path, template in template_files.items():
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(template, encoding="utf-8")
+        return (str(config_path), str(special_tokens_path), str(tokenizer_path), *map(str, template_files))
+
+    def _chat_template_files(self, folder: Path) -> dict[Path, str]:
+        """Where save_pretrained writes each chat template; a name that would leave the folder is an error."""
+        templates = self.chat_template
+        templates = {"default": templates} if isinstance(templates, str) else templates or {}
+        files = {}
+        for name, template in templates.items():
+            # Names come from downloaded configs: none may reach outside the folder.
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise ValueError(f"Invalid chat template name {name!r}: it must be a plain file name")
+            path = folder / CHAT_TEMPLATE_FILE if name == "default" else folder / CHAT_TEMPLATE_DIR / f"{name}.jinja"
+            files[path] = template
+        return files
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
                     commit_message: str = "Upload tokenizer with tuneforge", revision: str | None = None) -> str:
@@ -963,6 +1287,20 @@ _TOKENIZATION_SPACES = (
     (" 've", "'ve"),
     (" 're", "'re"),
 )
+
+
+def _assistant_mask(offsets, spans) -> list[int]:
+    """1 for each token overlapping a {% generation %} span (so a span cut by truncation keeps the rest)."""
+    mask = [0] * len(offsets)
+    span = 0
+    for i, (start, end) in enumerate(offsets):
+        while span < len(spans) and start >= spans[span][1]:
+            span += 1
+        if span == len(spans):
+            break
+        if end > spans[span][0]:
+            mask[i] = 1
+    return mask
 
 
 def _write_json(path: Path, data: dict) -> None:

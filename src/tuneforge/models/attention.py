@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import apply_dropout, backward_outside_autocast, dropout_grad
+from .layers import apply_dropout, backward_outside_autocast, dropout_grad, is_plain
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Packing:
     batch: int
     seq_len: int
     groups: list[Group]
-    heads: Tensor  # (B,) packed index of each sequence's first real token ([CLS] / <s>), in packing order
+    starts: Tensor  # (B,) packed index of each sequence's first real token ([CLS] / <s>), in packing order
     restore: Tensor | None  # (B,) position of each input row in packing order; None: the same order
     grid_rows: Tensor | None  # (N,) each packed token's row in the stacked grids; None: they are the packed rows
     grid_sources: Tensor | None  # (R,) each grid row's packed token, N for padding
@@ -57,13 +57,33 @@ class Packing:
         return self._head_major[num_heads]
 
     @property
-    def first(self) -> Tensor:
+    def first_tokens(self) -> Tensor:
         """(B,) packed index of each input row's first real token."""
-        return self.heads_to_input_order(self.heads)
+        return self.to_input_order(self.starts)
 
-    def heads_to_input_order(self, heads: Tensor) -> Tensor:
+    @property
+    def last_tokens(self) -> Tensor:
+        """(B,) packed index of each input row's last real token (what a decoder's head reads)."""
+        ends = self.starts + torch.tensor(self.lengths, device=self.starts.device) - 1
+        return self.to_input_order(ends)
+
+    @functools.cached_property
+    def positions(self) -> Tensor:
+        """(N,) each packed token's place in its own sequence: positions restart per sequence."""
+        lengths = torch.tensor(self.lengths, device=self.starts.device)
+        total = int(lengths.sum())
+        return torch.arange(total, device=self.starts.device) - self.starts.repeat_interleave(lengths, output_size=total)
+
+    @property
+    def rows(self) -> Tensor:
+        """(N,) each packed token's row in the input batch."""
+        flat = self.indices if self.indices is not None else torch.arange(self.batch * self.seq_len,
+                                                                          device=self.starts.device)
+        return flat // self.seq_len
+
+    def to_input_order(self, rows: Tensor) -> Tensor:
         """(B, ...) rows in packing order -> in input order"""
-        return heads if self.restore is None else heads[self.restore]
+        return rows if self.restore is None else rows[self.restore]
 
     def to_grids(self, x: Tensor) -> Tensor:
         """(N, C) packed tokens -> (R, C) the groups' stacked grids, zeros at padding. One row gather for all groups:
@@ -81,8 +101,8 @@ class Packing:
     def from_mask(attention_mask: Tensor | None, shape: tuple[int, int], device) -> "Packing":
         batch, seq_len = shape
         if attention_mask is None or bool(attention_mask.all()):
-            heads = torch.arange(batch, device=device) * seq_len
-            return Packing(None, batch, seq_len, [Group(batch, seq_len, 0, None)], heads, None,
+            starts = torch.arange(batch, device=device) * seq_len
+            return Packing(None, batch, seq_len, [Group(batch, seq_len, 0, None)], starts, None,
                            None, None, [seq_len] * batch)
         mask = attention_mask.bool()
         lengths = mask.sum(1)  # (B,)
@@ -91,20 +111,20 @@ class Packing:
         # Flat grid positions of real tokens, sequence by sequence in `order` (any mask layout works).
         rows, cols = mask[order].nonzero(as_tuple=True)
         indices = order[rows] * seq_len + cols  # (N,)
-        heads = torch.cumsum(sorted_lengths, 0) - sorted_lengths
+        starts = torch.cumsum(sorted_lengths, 0) - sorted_lengths
         restore = torch.empty_like(order).scatter_(0, order, torch.arange(batch, device=device))
         lengths = sorted_lengths.tolist()
         groups = _groups(lengths, device)
         grid_rows = grid_sources = None
         if any(g.key_mask is not None for g in groups):
             # Sequence i of a group starts at row + i * longest of the stacked grids; its tokens follow.
-            starts = torch.tensor([g.row + i * g.longest for g in groups for i in range(g.seqs)], device=device)
-            position = torch.arange(len(rows), device=device) - heads[rows]  # each token's place in its sequence
-            grid_rows = starts[rows] + position  # (N,)
+            grid_starts = torch.tensor([g.row + i * g.longest for g in groups for i in range(g.seqs)], device=device)
+            position = torch.arange(len(rows), device=device) - starts[rows]  # each token's place in its sequence
+            grid_rows = grid_starts[rows] + position  # (N,)
             last = groups[-1]
             grid_sources = torch.full((last.row + last.seqs * last.longest,), len(rows), device=device)
             grid_sources[grid_rows] = torch.arange(len(rows), device=device)
-        return Packing(indices, batch, seq_len, groups, heads, restore, grid_rows, grid_sources, lengths)
+        return Packing(indices, batch, seq_len, groups, starts, restore, grid_rows, grid_sources, lengths)
 
     def pack(self, grid: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -187,7 +207,7 @@ class HeadMajor:
         outputs = scatter.reshape(-1, 3, nh)[:, 0].ravel()
         grad_gather = np.where(real, token * nh + head, n * nh)  # padding: the zero row appended
         masks = np.concatenate([m.ravel() for m in padded_keys]) if not real.all() else None
-        device = packing.heads.device
+        device = packing.starts.device
         tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
         return HeadMajor(tensor(gather), tensor(scatter), tensor(outputs), tensor(grad_gather), blocks,
                          None if masks is None else tensor(masks), row, score)
@@ -211,34 +231,153 @@ def self_attention(h: Tensor, x: Tensor, packing: Packing, query: nn.Linear, key
     """Multi-head self-attention over packed tokens x (N, H), before the output projection, for the query rows h:
     all of x -> (N, H), or each sequence's first token, (B, H) in packing order -> (B, H)."""
     if h is not x:
-        return first_token_attention(query(h), x, key, value, packing, num_heads, dropout_p)
-    qkv = fused_qkv(x, query, key, value)  # (N, 3H)
-    if x.device.type == "cpu" and (dropout_p > 0.0 or torch.is_grad_enabled()):
-        return packed_attention_cpu(qkv, packing, num_heads, dropout_p)
-    return packed_attention(qkv, packing, num_heads, dropout_p)
+        if is_plain(key, value, biased=False):
+            return first_token_attention(query(h), x, key, value, packing, num_heads, dropout_p)
+        qkv = torch.cat([query(x), key(x), value(x)], 1)  # replaced or hooked modules: their own outputs
+        return attend(qkv, packing, num_heads, dropout_p=dropout_p)[packing.starts]
+    return attend(fused_qkv(x, query, key, value), packing, num_heads, dropout_p=dropout_p)
 
 
 def fused_qkv(x: Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> Tensor:
     """(N, H) -> (N, 3H): the three projections as one GEMM, forward and backward."""
-    biases = [query.bias, key.bias, value.bias]
-    if any(b is None for b in biases) and not all(b is None for b in biases):
+    biases = [getattr(m, "bias", None) for m in (query, key, value)]
+    if not is_plain(query, key, value, biased=False) or (any(b is None for b in biases) and not all(b is None for b in biases)):
         return torch.cat([query(x), key(x), value(x)], 1)
     bias = None if biases[0] is None else torch.cat(biases)
     return F.linear(x, torch.cat([query.weight, key.weight, value.weight]), bias)
 
 
+def attend(qkv: Tensor, packing: Packing, num_heads: int, num_kv_heads: int | None = None, *, causal: bool = False,
+           dropout_p: float = 0.0, window: int | None = None, cache: LayerCache | None = None) -> Tensor:
+    """The one attention entry point models call: (N, (nh + 2 nkv) d) packed q, k, v projections (positions
+    already applied) -> (N, nh d). Each sequence attends to its own tokens only (to earlier ones if causal, to the
+    last `window` if given); grouped-query attention when nkv < nh. With a KV cache, keys and values are stored for
+    generation, and a decoding step attends to all the cached tokens."""
+    nkv = num_kv_heads or num_heads
+    if cache is not None:
+        d = qkv.shape[1] // (num_heads + 2 * nkv)
+        q, k, v = qkv.view(-1, num_heads + 2 * nkv, d).split([num_heads, nkv, nkv], 1)
+        cache.write(k, v)
+        if cache.decoding:
+            return cache.attend(q, num_heads // nkv, window)
+    if qkv.device.type == "cpu" and not causal and nkv == num_heads and (dropout_p > 0.0 or torch.is_grad_enabled()):
+        return packed_attention_cpu(qkv, packing, num_heads, dropout_p)
+    if qkv.device.type == "cuda" and causal and window is None and dropout_p == 0.0 and _varlen() is not None:
+        return varlen_attention(qkv, packing, num_heads, nkv)
+    return packed_attention(qkv, packing, num_heads, dropout_p, nkv, causal, window)
+
+
+@functools.cache
+def _varlen():
+    """torch's variable-length (flash) attention for CUDA, where this torch has it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def varlen_attention(qkv: Tensor, packing: Packing, num_heads: int, nkv: int) -> Tensor:
+    """Causal attention on CUDA straight on the packed tokens: no grids at all."""
+    d = qkv.shape[1] // (num_heads + 2 * nkv)
+    q, k, v = qkv.view(-1, num_heads + 2 * nkv, d).split([num_heads, nkv, nkv], 1)  # (N, heads, d)
+    if nkv != num_heads:
+        k, v = (t.repeat_interleave(num_heads // nkv, 1) for t in (k, v))
+    lengths = torch.tensor(packing.lengths, device=qkv.device, dtype=torch.int32)
+    cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))  # (B + 1,)
+    longest = max(packing.lengths)
+    out = _varlen()(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, longest, longest, is_causal=True)
+    return out.reshape(q.shape[0], num_heads * d)
+
+
 @torch.compiler.disable  # a Python loop over the batch's length groups, different for every batch
-def packed_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float) -> Tensor:
-    """Attention where each sequence sees only its own real tokens: (N, 3H) projections -> (N, H). Each group of
-    similar-length sequences gets its own small grid, and SDPA's fused kernel."""
-    hidden = qkv.shape[1] // 3
-    grids = packing.to_grids(qkv)  # (R, 3H)
+def packed_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float, num_kv_heads: int | None = None,
+                     causal: bool = False, window: int | None = None) -> Tensor:
+    """Attention where each sequence sees only its own real tokens: (N, (nh + 2 nkv) d) projections -> (N, nh d).
+    Each group of similar-length sequences gets its own small grid, and SDPA's fused kernel. A group's sequences
+    end in padding, so under a causal mask real queries never see it (padding queries are dropped)."""
+    nkv = num_kv_heads or num_heads
+    d = qkv.shape[1] // (num_heads + 2 * nkv)
+    grids = packing.to_grids(qkv)  # (R, (nh + 2 nkv) d)
     out = []
     for g in packing.groups:
-        q, k, v = g.grid(grids, 3, num_heads, hidden // num_heads).permute(2, 0, 3, 1, 4)  # each (S, nh, L, d)
-        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=g.key_mask, dropout_p=dropout_p)
-        out.append(mixed.transpose(1, 2).reshape(-1, hidden))  # (S*L, H)
+        grid = g.grid(grids, num_heads + 2 * nkv, d).transpose(1, 2)  # (S, heads, L, d)
+        q, k, v = grid.split([num_heads, nkv, nkv], 1)
+        if nkv != num_heads:
+            k, v = (t.repeat_interleave(num_heads // nkv, 1) for t in (k, v))
+        mask, is_causal = g.key_mask, False
+        if causal:
+            mask = _causal_mask(g.longest, window, qkv.device)
+            is_causal = mask is None
+        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        out.append(mixed.transpose(1, 2).reshape(-1, num_heads * d))  # (S*L, nh d)
     return packing.from_grids(out[0] if len(out) == 1 else torch.cat(out))
+
+
+def _causal_mask(n: int, window: int | None, device) -> Tensor | None:
+    """(n, n) True where query i may see key j: j <= i, and i - j < window; None: SDPA's own causal mask."""
+    if window is None or window >= n:
+        return None
+    i = torch.arange(n, device=device)
+    return (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+
+
+class LayerCache:
+    """One layer's keys and values for generation: (B, capacity, nkv, d), each sequence's tokens from slot 0 (so
+    left padding never enters it). The KVCache that owns it says where this step's tokens go."""
+
+    def __init__(self, owner: KVCache):
+        self.owner, self.k, self.v = owner, None, None
+
+    @property
+    def decoding(self) -> bool:
+        return self.owner.decoding
+
+    def write(self, k: Tensor, v: Tensor) -> None:  # (N, nkv, d) each
+        o = self.owner
+        if self.k is None:
+            self.k = k.new_zeros(o.batch * o.capacity, *k.shape[1:])
+            self.v = v.new_zeros(o.batch * o.capacity, *v.shape[1:])
+        self.k[o.slots], self.v[o.slots] = k, v
+
+    def attend(self, q: Tensor, repeat: int, window: int | None) -> Tensor:
+        """One new token per sequence: q (B, nh, d) in input order over each sequence's cached keys -> (B, nh d)."""
+        o = self.owner
+        width = int(o.lengths.max())
+        k, v = (t.view(o.batch, o.capacity, *t.shape[1:])[:, :width].transpose(1, 2) for t in (self.k, self.v))
+        if repeat > 1:
+            k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)  # (B, nh, width, d)
+        slots = torch.arange(width, device=q.device)
+        seen = slots < o.lengths[:, None]  # (B, width)
+        if window is not None:
+            seen &= slots > o.lengths[:, None] - 1 - window
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=seen[:, None, None])  # (B, nh, 1, d)
+        return out.reshape(q.shape[0], -1)
+
+
+class KVCache:
+    """Keys and values of every layer for batched generation. Before a forward the generator sets `slots`: where
+    each packed token goes ((N,) indices into batch x capacity), `lengths`: each sequence's tokens after it, and
+    `decoding`: whether this step is one new token per sequence (in input order) rather than the prompt."""
+
+    def __init__(self, batch: int, capacity: int, layers: int):
+        self.batch, self.capacity = batch, capacity
+        self.layers = [LayerCache(self) for _ in range(layers)]
+        self.slots: Tensor | None = None
+        self.lengths: Tensor | None = None
+        self.decoding = False
+
+    def prepare(self, packing: Packing) -> Tensor:
+        """Before a forward: where this step's packed tokens go; -> their positions (N,)."""
+        if not self.decoding:  # the prompts: positions restart per sequence
+            positions, rows = packing.positions, packing.rows
+            self.lengths = torch.zeros(self.batch, dtype=torch.long, device=rows.device).index_add_(
+                0, rows, torch.ones_like(rows))
+        else:  # one new token per sequence, in input order
+            positions, rows = self.lengths.clone(), torch.arange(self.batch, device=self.lengths.device)
+            self.lengths += 1
+        self.slots = rows * self.capacity + positions
+        return positions
 
 
 @torch.compiler.disable  # like packed_attention

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint_io import PreTrainedModel
+from .base import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
-from .layers import (Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention,
-                     sequence_classification_loss)
+from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention
+from .losses import sequence_classification_loss
 
 # ---------------------------------------------------------------------------------------------------- config
 
@@ -109,7 +109,7 @@ class BertLayer(nn.Module):
     def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn, out = self.attention.self, self.attention.output
         attention_p, hidden_p = (self.attention_dropout, self.hidden_dropout) if self.training else (0.0, 0.0)
-        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
+        h = x[packing.starts] if heads_only else x  # the rows that go on: (B, H) or (N, H)
         a = self_attention(h, x, packing, attn.query, attn.key, attn.value, self.num_heads, attention_p)  # like h
         # h = LN(h + dropout(out(a))); LN(h + dropout(MLP(h))): like h
         return post_attention(a, h, out.dense, out.LayerNorm, self.intermediate.dense, self.act, self.output.dense,
@@ -152,7 +152,7 @@ class BertModel(PreTrainedModel):
                 position_ids: Tensor | None = None) -> ModelOutput:
         x, packing = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
         hidden = packing.unpack(x, input_ids.shape[1])  # (B, T, H), zeros at padding
-        pooled = self.pooler(x[packing.first]) if self.pooler is not None else None
+        pooled = self.pooler(x[packing.first_tokens]) if self.pooler is not None else None
         return ModelOutput(last_hidden_state=hidden, pooler_output=pooled)
 
 

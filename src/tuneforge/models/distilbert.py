@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint_io import PreTrainedModel
+from .base import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
-from .layers import (Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention,
-                     sequence_classification_loss)
+from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention
+from .losses import sequence_classification_loss
 
 DISTILBERT_DEFAULTS = {
     "model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 512, "sinusoidal_pos_embds": False,
@@ -61,7 +61,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, packing: Packing, heads_only: bool = False) -> Tensor:  # x: (N, H)
         attn = self.attention
         attention_p, hidden_p = (self.attention_dropout, self.hidden_dropout) if self.training else (0.0, 0.0)
-        h = x[packing.heads] if heads_only else x  # the rows that go on: (B, H) or (N, H)
+        h = x[packing.starts] if heads_only else x  # the rows that go on: (B, H) or (N, H)
         a = self_attention(h, x, packing, attn.q_lin, attn.k_lin, attn.v_lin, self.num_heads, attention_p)  # like h
         # h = LN(out_lin(a) + h); LN(dropout(FFN(h)) + h), with no dropout after out_lin: like h
         return post_attention(a, h, attn.out_lin, self.sa_layer_norm, self.ffn.lin1, self.act, self.ffn.lin2,

@@ -4,6 +4,7 @@ and the output container."""
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
@@ -37,7 +38,7 @@ class LayerStack(nn.Module):
                 x = checkpoint(block, x, packing, last, use_reentrant=False)
             else:
                 x = block(x, packing, last)
-        return packing.heads_to_input_order(x) if heads_only else x
+        return packing.to_input_order(x) if heads_only else x
 
 
 def _random_bits(n: int, device: torch.device) -> Tensor:
@@ -158,7 +159,7 @@ def post_attention(a: Tensor, x: Tensor, out: nn.Linear, norm1: nn.LayerNorm, fc
     bookkeeping for these dozen operations cost 3% of a step. Other devices, autocast, the compiler, and modules
     that are replaced (LoRA wrappers, say), hooked or without biases get the modules."""
     if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and _plain(out, norm1, fc1, fc2, norm2)):
+            and not torch.compiler.is_compiling() and is_plain(out, norm1, fc1, fc2, norm2)):
         return _PostAttention.apply(a, x, out.weight, out.bias, norm1.weight, norm1.bias, fc1.weight, fc1.bias,
                                     fc2.weight, fc2.bias, norm2.weight, norm2.bias, act, out_dropout, mlp_dropout,
                                     norm1.eps, norm2.eps)
@@ -166,9 +167,10 @@ def post_attention(a: Tensor, x: Tensor, out: nn.Linear, norm1: nn.LayerNorm, fc
     return norm2(h + dropout(fc2(act.forward(fc1(h))), mlp_dropout))
 
 
-def _plain(*modules: nn.Module) -> bool:
-    """Exactly nn.Linear or nn.LayerNorm, with a bias and no hooks: a written-out Function may read their tensors."""
-    return all(type(m) in (nn.Linear, nn.LayerNorm) and m.bias is not None and not m._forward_hooks
+def is_plain(*modules: nn.Module, biased: bool = True) -> bool:
+    """Exactly nn.Linear or nn.LayerNorm (with a bias if `biased`) and no hooks: only then may a fast path read their
+    tensors; a replaced (LoRA) or hooked module must be called as a module, or its change would be lost."""
+    return all(type(m) in (nn.Linear, nn.LayerNorm) and (m.bias is not None or not biased) and not m._forward_hooks
                and not m._forward_pre_hooks for m in modules)
 
 
@@ -232,27 +234,6 @@ def check_positions(seq_len: int, limit: int) -> None:
             f"(max_position_embeddings); tokenize with truncation=True, max_length={limit}")
 
 
-def sequence_classification_loss(logits: Tensor, labels: Tensor, config) -> Tensor:
-    """The reference's rule: problem_type from config, else inferred from num_labels and the labels' dtype."""
-    num_labels = logits.shape[-1]
-    problem_type = config.problem_type
-    if problem_type is None:
-        if num_labels == 1:
-            problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            problem_type = "single_label_classification"
-        else:
-            problem_type = "multi_label_classification"
-        config.problem_type = problem_type
-    if problem_type == "regression":
-        if num_labels == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-        return F.mse_loss(logits, labels.to(logits.dtype))
-    if problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-
-
 def init_weights(module: nn.Module, std: float) -> None:
     """The reference's initialisation for fresh heads: N(0, std) weights, zero biases, unit norms."""
     if isinstance(module, nn.Linear):
@@ -267,6 +248,73 @@ def init_weights(module: nn.Module, std: float) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)
+    elif hasattr(module, "init_weights"):  # a family's own layer type (GPT-2's Conv1D)
+        module.init_weights(std)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 as the reference does, then cast back."""
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE) on half-split head dimensions, as the reference's rotate_half: the inverse
+    frequencies are a computed buffer (in no checkpoint), with the 'linear' and 'llama3' rescalings."""
+
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None = None):
+        super().__init__()
+        self.head_dim, self.theta, self.scaling = head_dim, theta, scaling or {}
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        d = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=self.inv_freq.device)
+                                         .float() / d))
+        kind = self.scaling.get("rope_type", "default")
+        if kind == "linear":
+            inv_freq = inv_freq / self.scaling["factor"]
+        elif kind == "llama3":
+            inv_freq = _llama3_frequencies(inv_freq, **{k: self.scaling[k] for k in (
+                "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")})
+        with torch.no_grad():
+            self.inv_freq.copy_(inv_freq) if self.inv_freq.device.type != "meta" else None
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(N,) positions -> cos, sin (N, 1, head_dim), broadcast over heads."""
+        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # (N, d/2)
+        angles = torch.cat([freqs, freqs], -1)[:, None, :]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """(N, heads, d) rotated by position."""
+    x1, x2 = x.chunk(2, -1)
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def _llama3_frequencies(inv_freq: Tensor, factor: float, low_freq_factor: float, high_freq_factor: float,
+                        original_max_position_embeddings: int) -> Tensor:
+    """Llama 3's rescaling: long wavelengths slowed by `factor`, short ones kept, a smooth blend between."""
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = original_max_position_embeddings / low_freq_factor
+    high_wavelen = original_max_position_embeddings / high_freq_factor
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, scaled)
 
 
 class ModelOutput(dict):

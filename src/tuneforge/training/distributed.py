@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from ..data import store_rows
+
 
 @dataclass
 class Distributed:
@@ -78,13 +80,9 @@ class Distributed:
         for rows, preds, labs, part_loss, part_count in parts:
             loss_sum, loss_count = loss_sum + part_loss, loss_count + part_count
             if preds is not None:
-                if predictions is None:
-                    predictions = np.zeros((n, *preds.shape[1:]), dtype=preds.dtype)
-                predictions[rows] = preds
+                predictions = store_rows(predictions, rows, preds, n)
             if labs is not None:
-                if labels is None:
-                    labels = np.zeros((n, *labs.shape[1:]), dtype=labs.dtype)
-                labels[rows] = labs
+                labels = store_rows(labels, rows, labs, n)
         return predictions, labels, loss_sum, loss_count
 
     def wrap(self, model: torch.nn.Module, args) -> torch.nn.Module:
@@ -100,7 +98,6 @@ class Distributed:
         device_ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
-
     # Under FSDP every rank takes part in gathering full (unsharded) states; elsewhere these are plain calls.
 
     def model_state_dict(self, model: torch.nn.Module) -> dict:
@@ -110,6 +107,8 @@ class Distributed:
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_model_state_dict(self, model: torch.nn.Module, state: dict) -> None:
+        if hasattr(model, "with_tied_weights"):  # a saved folder holds a tied tensor once
+            state = model.with_tied_weights(state)
         if not self.fsdp:
             model.load_state_dict(state, strict=True)
             return
@@ -141,9 +140,11 @@ def _fsdp_no_sync(model):
 
 
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks (children of a ModuleList named 'layer'): FSDP's unit of sharding."""
-    return [m for name, lst in model.named_modules() if name.endswith("layer") and isinstance(lst, torch.nn.ModuleList)
-            for m in lst]
+    """The transformer blocks, FSDP's unit of sharding: the model's family says where they are."""
+    if not hasattr(model, "blocks"):
+        raise ValueError(f"fsdp=True needs a tuneforge model that names its blocks; {type(model).__name__} has no "
+                         "blocks() method")
+    return list(model.blocks())
 
 
 def setup(args) -> Distributed:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data import (LABEL_KEYS, DataCollatorWithPadding, RowView, column_names, column_values, default_data_collator,
-                    length_grouped_batches, sequence_lengths, shuffled_batches, sorted_batches)
+                    length_grouped_batches, sequence_lengths, shuffled_batches, sorted_batches, store_rows)
 from . import checkpoint, distributed
 from .arguments import TrainingArguments
 from .callbacks import (CallbackHandler, JsonlLogCallback, ProgressCallback, TensorBoardCallback, TrainerControl,
@@ -160,7 +160,7 @@ class Trainer:
         columns = column_names(dataset)
         label_column = next((c for c in LABEL_KEYS if c in columns), None)
         if label_column is None:
-            if accepted is not None and "labels" in accepted:
+            if accepted is not None and "labels" in accepted and not getattr(self.data_collator, "makes_labels", False):
                 raise ValueError(f"{name} has no label column ('label' or 'labels'); its columns are "
                                  f"{', '.join(columns)}")
             return
@@ -220,6 +220,17 @@ class Trainer:
         else:
             loss = outputs[0]
         return (loss, outputs) if return_outputs else loss
+
+    def _token_shares(self, micro_batches: list[dict], shares: list[float]) -> list[float]:
+        """For a loss that is a mean over labelled tokens (a language model's), each micro-batch's weight is its share
+        of the labelled tokens of the whole window on all processes, so that accumulation and DDP give the gradient
+        of one big batch, token for token. The model says what counts (count_loss_items); others keep `shares`."""
+        count = getattr(self.model, "count_loss_items", None)
+        if count is None or any("labels" not in b for b in micro_batches):
+            return shares
+        tokens = [float(count(b["labels"])) if share else 0.0 for b, share in zip(micro_batches, shares)]
+        total = float(self.dist.mean(torch.tensor(sum(tokens), dtype=torch.float64))) * self.dist.world_size
+        return [t * self.dist.world_size / total if total else 0.0 for t in tokens]
 
     def training_step(self, model, micro_batches, shares) -> torch.Tensor:
         """One optimizer step over an accumulation window. Each micro-batch's mean loss is weighted by its share of
@@ -312,6 +323,7 @@ class Trainer:
                 examples_seen += total
                 shares = [len(self.dist.shard(b)) * self.dist.world_size / total for b in window]
                 micro_batches = [self._to_device(next(micro)) for _ in window]
+                shares = self._token_shares(micro_batches, shares)
                 loss = self.training_step(self.model_wrapped, micro_batches, shares)
                 loss = self.dist.mean(loss).item()
                 state.global_step += 1
@@ -459,7 +471,8 @@ class Trainer:
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        output = self._prediction_loop(dataset, "eval_dataset", metric_key_prefix)
+        # As in the reference: without compute_metrics nothing reads the logits, so they are not kept.
+        output = self._prediction_loop(dataset, "eval_dataset", metric_key_prefix, self.compute_metrics is None)
         self.log(output.metrics)
         self.control = self.callback_handler.call("on_evaluate", self.args, self.state, self.control,
                                                   metrics=output.metrics)
@@ -472,10 +485,11 @@ class Trainer:
         return output
 
     @reuse_freed_memory()
-    def _prediction_loop(self, dataset, name: str, prefix: str) -> PredictionOutput:
+    def _prediction_loop(self, dataset, name: str, prefix: str, loss_only: bool = False) -> PredictionOutput:
         """Batches sorted by length (little padding per batch); outputs written straight into arrays in the input
         order, so memory holds the predictions and nothing else grows across steps."""
         rows = self._rows(dataset, name)
+        count = getattr(self.model, "count_loss_items", None)
         self._wrap_model()
         # Inference needs no gradient sync: the bare model (compiled if asked) avoids DDP's collectives, so ranks
         # with fewer batches do not wait on each other.
@@ -503,20 +517,16 @@ class Trainer:
                     continue
                 loss, logits = _loss_and_logits(outputs)
                 if loss is not None and batch_labels is not None:
-                    loss_sum += float(loss) * len(indices)
-                    loss_count += len(indices)
-                if logits is not None and not self.args.prediction_loss_only:
+                    # A mean over labelled tokens (a language model's) is weighted by its tokens, else by examples.
+                    weight = count(batch_labels) if count is not None else len(indices)
+                    loss_sum += float(loss) * weight
+                    loss_count += weight
+                if logits is not None and not (self.args.prediction_loss_only or loss_only):
                     if self.preprocess_logits_for_metrics is not None:
                         logits = self.preprocess_logits_for_metrics(logits, batch_labels)
-                    logits = logits.float().cpu().numpy()
-                    if predictions is None:
-                        predictions = np.zeros((len(rows), *logits.shape[1:]), dtype=logits.dtype)
-                    predictions[indices] = logits
+                    predictions = store_rows(predictions, indices, logits.float().cpu().numpy(), len(rows))
                 if batch_labels is not None and isinstance(batch_labels, torch.Tensor):
-                    values = batch_labels.cpu().numpy()
-                    if labels is None:
-                        labels = np.zeros((len(rows), *values.shape[1:]), dtype=values.dtype)
-                    labels[indices] = values
+                    labels = store_rows(labels, indices, batch_labels.cpu().numpy(), len(rows))
                 self.control = self.callback_handler.call("on_prediction_step", self.args, self.state,
                                                           self.control, eval_dataloader=loader)
         model.train(was_training)
