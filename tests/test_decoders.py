@@ -190,3 +190,33 @@ def test_a_task_the_family_lacks_is_one_clear_error(tmp_path):
     transformers.AutoModel.from_config(config).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="'bert'.*has no causal_lm model; model types that do: gpt2, llama"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def documented_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False):
+    """torch's varlen_attn as its docstring defines it, on CPU: sequences bounded by cu, (W, 0) = causal with W
+    tokens to the left, GQA when asked."""
+    assert window_size[1] == 0 and q.dtype == k.dtype
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))
+    out = torch.empty_like(q)
+    for a, b in zip(cu_q.tolist(), cu_q.tolist()[1:]):
+        i = torch.arange(b - a)
+        seen = i[None, :] <= i[:, None]
+        if window_size[0] >= 0:
+            seen &= i[:, None] - i[None, :] <= window_size[0]
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), attn_mask=seen).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("window,kv_heads", [(None, 4), (None, 2), (3, 2)])
+def test_the_cuda_varlen_path_calls_flash_attention_as_documented(window, kv_heads, monkeypatch):
+    """CI has no GPU: the varlen call is checked against the documented semantics, on the packing's bounds."""
+    from tuneforge.models import attention
+    from tuneforge.models.attention import Packing, packed_attention, varlen_attention
+    monkeypatch.setattr(attention, "_varlen", lambda: documented_varlen_attn)
+    ids, mask = batch(lengths=(9, 5, 12, 1))
+    packing = Packing.from_mask(mask, ids.shape, ids.device)
+    qkv = torch.randn(sum(packing.lengths), (4 + 2 * kv_heads) * 8, dtype=torch.float64)
+    expected = packed_attention(qkv, packing, 4, 0.0, kv_heads, causal=True, window=window)
+    torch.testing.assert_close(varlen_attention(qkv, packing, 4, kv_heads, window), expected)

@@ -582,3 +582,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(dropout, tmp_path):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+@pytest.mark.parametrize("projection", ["query", "key", "value"])
+@pytest.mark.parametrize("training", [False, True])
+def test_hooked_projections_are_seen_by_every_fast_path(model_type, projection, training, tmp_path):
+    """A forward hook (or a LoRA-style replacement) on an attention projection changes what it computes: the fused
+    QKV GEMM, the written-out training attention and the folded first-token attention must all see it."""
+    names = {"bert": {"query": "query", "key": "key", "value": "value"},
+             "distilbert": {"query": "q_lin", "key": "k_lin", "value": "v_lin"}}[model_type]
+    extra = (dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if model_type == "bert"
+             else dict(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0))
+    ref, folder = reference_model(model_type, "cls", tmp_path, num_labels=3, **extra)
+    ours = AutoModelForSequenceClassification.from_pretrained(folder)
+    for model in (ref, ours):
+        for name, module in model.named_modules():
+            if name.endswith(names[projection]):
+                module.register_forward_hook(lambda m, args, out: out * 3.0 + 0.5)
+        model.train(training)
+    ids, mask = padded_batch(ref.config.pad_token_id)
+    with torch.set_grad_enabled(training):
+        expected = ref(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

@@ -307,7 +307,7 @@ def model_capacity(config, tokenizer) -> int:
     limits = [position_limit(config)]
     if tokenizer.model_max_length < 1e9:  # tokenizers without a limit store int(1e30)
         limits.append(tokenizer.model_max_length)
-    return min(limits) if limits else 512
+    return min(limits)
 
 
 def resolve_max_length(requested: int | None, default: int | None, capacity: int) -> int:

@@ -6,6 +6,7 @@ _FirstTokenMix); inference and other devices use SDPA."""
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -241,7 +242,8 @@ def self_attention(h: Tensor, x: Tensor, packing: Packing, query: nn.Linear, key
 def fused_qkv(x: Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> Tensor:
     """(N, H) -> (N, 3H): the three projections as one GEMM, forward and backward."""
     biases = [getattr(m, "bias", None) for m in (query, key, value)]
-    if not is_plain(query, key, value, biased=False) or (any(b is None for b in biases) and not all(b is None for b in biases)):
+    some_biased = any(b is None for b in biases) and not all(b is None for b in biases)
+    if some_biased or not is_plain(query, key, value, biased=False):
         return torch.cat([query(x), key(x), value(x)], 1)
     bias = None if biases[0] is None else torch.cat(biases)
     return F.linear(x, torch.cat([query.weight, key.weight, value.weight]), bias)
@@ -262,31 +264,34 @@ def attend(qkv: Tensor, packing: Packing, num_heads: int, num_kv_heads: int | No
             return cache.attend(q, num_heads // nkv, window)
     if qkv.device.type == "cpu" and not causal and nkv == num_heads and (dropout_p > 0.0 or torch.is_grad_enabled()):
         return packed_attention_cpu(qkv, packing, num_heads, dropout_p)
-    if qkv.device.type == "cuda" and causal and window is None and dropout_p == 0.0 and _varlen() is not None:
-        return varlen_attention(qkv, packing, num_heads, nkv)
+    if (qkv.device.type == "cuda" and causal and dropout_p == 0.0 and qkv.dtype in (torch.float16, torch.bfloat16)
+            and _varlen() is not None):
+        return varlen_attention(qkv, packing, num_heads, nkv, window)
     return packed_attention(qkv, packing, num_heads, dropout_p, nkv, causal, window)
 
 
 @functools.cache
 def _varlen():
-    """torch's variable-length (flash) attention for CUDA, where this torch has it."""
+    """torch's variable-length (flash) attention for CUDA, where this torch has it with windows and GQA."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn if "window_size" in params and "enable_gqa" in params else None
 
 
-def varlen_attention(qkv: Tensor, packing: Packing, num_heads: int, nkv: int) -> Tensor:
-    """Causal attention on CUDA straight on the packed tokens: no grids at all."""
+def varlen_attention(qkv: Tensor, packing: Packing, num_heads: int, nkv: int, window: int | None = None) -> Tensor:
+    """Causal attention on CUDA (flash, half precision) straight on the packed tokens: no grids at all."""
     d = qkv.shape[1] // (num_heads + 2 * nkv)
     q, k, v = qkv.view(-1, num_heads + 2 * nkv, d).split([num_heads, nkv, nkv], 1)  # (N, heads, d)
-    if nkv != num_heads:
-        k, v = (t.repeat_interleave(num_heads // nkv, 1) for t in (k, v))
     lengths = torch.tensor(packing.lengths, device=qkv.device, dtype=torch.int32)
-    cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))  # (B + 1,)
+    cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))  # (B + 1,) sequence bounds, packing order
     longest = max(packing.lengths)
-    out = _varlen()(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, longest, longest, is_causal=True)
+    # (left, 0): causal; left = window - 1 keeps the query and the window - 1 tokens before it, as the reference.
+    left = -1 if window is None else window - 1
+    out = _varlen()(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, longest, longest, window_size=(left, 0),
+                    enable_gqa=nkv != num_heads)
     return out.reshape(q.shape[0], num_heads * d)
 
 
