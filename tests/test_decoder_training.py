@@ -1,5 +1,6 @@
 """Decoders under the Trainer: causal LM and sequence classification train, accumulation equals the big batch on a
-token-normalised loss, a SIGKILLed run resumes exactly, and two torchrun workers equal one process."""
+token-normalised loss, a SIGKILLed run resumes exactly, and two torchrun workers equal one process (causal LM and
+classifier)."""
 import json
 import os
 import subprocess
@@ -87,14 +88,15 @@ def test_causal_lm_resumes_exactly_after_sigkill(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_two_torchrun_workers_equal_one_process_for_a_causal_lm(tmp_path):
+@pytest.mark.parametrize("kind", ["llama-clm", "gpt2-cls"])
+def test_two_torchrun_workers_equal_one_process(kind, tmp_path):
     if not TORCHRUN.exists():
         pytest.skip("torchrun not found beside the interpreter")
     one, two = tmp_path / "one", tmp_path / "two"
-    single = run([sys.executable, str(HERE / "ddp_child.py"), str(one), "32"], one, TEST_MODEL="llama-clm")
+    single = run([sys.executable, str(HERE / "ddp_child.py"), str(one), "32"], one, TEST_MODEL=kind)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(HERE / "ddp_child.py"), str(two), "16"],
-              two, TEST_MODEL="llama-clm")
+              two, TEST_MODEL=kind)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = final_weights(one), final_weights(two)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
