@@ -107,3 +107,25 @@ def test_two_torchrun_workers_equal_one_process(kind, tmp_path):
         assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-4)
     evals = [json.loads((f / "result" / "eval.json").read_text())["eval_loss"] for f in (one, two)]
     assert evals[1] == pytest.approx(evals[0], abs=1e-5)
+
+
+def test_tied_language_model_equals_a_plain_pytorch_loop(tmp_path):
+    """The embedding tied to the LM head gets a gradient on every row: the Trainer's step must stay the dense one."""
+    from tuneforge.data import shuffled_batches
+    from tuneforge.training.optim import create_optimizer, create_scheduler
+    data = make_data(24, labels=False)
+    model, collator = make_model("llama-clm", dropout=False)
+    by_hand, _ = make_model("llama-clm", dropout=False)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    args = args_for(tmp_path, per_device_train_batch_size=8, max_steps=3)
+    Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
+    optimizer, collate = create_optimizer(by_hand, args), DataCollatorForLanguageModeling(mlm=False)
+    scheduler = create_scheduler(optimizer, args, 3)
+    for rows in shuffled_batches(24, 8, 42, 0):
+        by_hand(**collate([data[i] for i in rows])).loss.backward()
+        torch.nn.utils.clip_grad_norm_(by_hand.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    for (key, ours), theirs in zip(model.state_dict().items(), by_hand.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5, msg=key)

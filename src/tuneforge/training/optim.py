@@ -74,6 +74,9 @@ class EmbeddingRows:
         if not (isinstance(embedding, nn.Embedding) and embedding.weight.requires_grad and embedding.max_norm is None
                 and isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused")):
             return None
+        # A weight tied to a language-model head gets a gradient on every row: nothing to skip.
+        if sum(p is embedding.weight for _, p in model.named_parameters(remove_duplicate=False)) > 1:
+            return None
         rows = EmbeddingRows(optimizer, embedding)
         if not rows.exact():
             return None
