@@ -279,9 +279,11 @@ class Rotary(nn.Module):
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
+        """Computes the frequencies (again after a meta-device build: from_pretrained calls it)."""
+        if self.inv_freq.is_meta:
+            return
         d = self.head_dim
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=self.inv_freq.device)
-                                         .float() / d))
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))  # as the reference
         kind = self.scaling.get("rope_type", "default")
         if kind == "linear":
             inv_freq = inv_freq / self.scaling["factor"]
@@ -289,7 +291,7 @@ class Rotary(nn.Module):
             inv_freq = _llama3_frequencies(inv_freq, **{k: self.scaling[k] for k in (
                 "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")})
         with torch.no_grad():
-            self.inv_freq.copy_(inv_freq) if self.inv_freq.device.type != "meta" else None
+            self.inv_freq.copy_(inv_freq)
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(N,) positions -> cos, sin (N, 1, head_dim), broadcast over heads."""
