@@ -5,6 +5,7 @@ Each library runs in its own subprocess (so peak RSS is its own); the parent pri
 
     .venv/bin/python bench/bench_sst2.py --rounds 5      # dynamic padding (the reference's default)
     .venv/bin/python bench/bench_sst2.py --padding max_length --ref-train-size 64
+    .venv/bin/python bench/bench_sst2.py --rounds 5 --load 1   # one competing CPU-bound process during each run
 """
 from __future__ import annotations
 
@@ -37,6 +38,22 @@ def linear_flops_per_token(model) -> float:
         if isinstance(module, torch.nn.Linear) and ".layer." in name:
             total += module.weight.numel()
     return 2.0 * total
+
+
+LOAD = "import time\nwhile True:\n    sum(i * i for i in range(10000))\n"  # one core, pure Python, no threads
+
+
+def start_load(n: int = 1) -> list[subprocess.Popen] | None:
+    """n competing CPU-bound processes (another job on the machine), each keeping one core busy."""
+    if not n:
+        return None
+    return [subprocess.Popen([sys.executable, "-c", LOAD]) for _ in range(n)]
+
+
+def stop_load(procs) -> None:
+    for proc in procs or []:
+        proc.kill()
+        proc.wait()
 
 
 def run_one(lib: str, train_size: int, padding: str, batch: int, threads: int) -> dict:
@@ -119,6 +136,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", choices=["tuneforge", "transformers"])
     p.add_argument("--rounds", type=int, default=1, help="run both libraries this many times; print medians")
+    p.add_argument("--load", type=int, default=0,
+                   help="competing CPU-bound processes (one core each) running during each library's run")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -133,7 +152,11 @@ def main():
             cmd = [sys.executable, __file__, "--child", lib, "--train-size", str(size), "--padding", a.padding,
                    "--batch", str(a.batch), "--threads", str(a.threads)]
             env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            load = start_load(a.load)  # started before the child and stopped after it: the whole run is loaded
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            finally:
+                stop_load(load)
             if out.returncode:
                 sys.exit(f"{lib} failed:\n{out.stderr[-3000:]}")
             results[lib] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -145,7 +168,8 @@ def main():
     first = [r[libs[0]] for r in rounds]
     gemms = ", ".join(f"{k} {median(r['gemm'][k] for r in first) / 1e9:.0f}" for k in first[0]["gemm"])
     print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, {a.threads} threads, "
-          f"median of {a.rounds} round(s); measured fp32 matmul peak after {libs[0]}'s run "
+          f"median of {a.rounds} round(s)"
+          f"{f', {a.load} competing CPU-bound process(es)' if a.load else ''}; measured fp32 matmul peak after {libs[0]}'s run "
           f"{median(r['peak'] for r in first) / 1e9:.0f} GFLOP/s ({gemms})")
     print(f"{'':22}" + "".join(f"{lib:>14}" for lib in libs) + ("      ratio" if len(libs) == 2 else ""))
     rows = [("train samples/s", "train_samples_per_s", "{:.1f}"), ("eval samples/s", "eval_samples_per_s", "{:.1f}"),

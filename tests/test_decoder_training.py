@@ -23,17 +23,24 @@ def args_for(tmp_path, **overrides):
     return TrainingArguments(**{**values, **overrides})
 
 
-@pytest.mark.parametrize("kind", ["llama-clm", "gpt2-clm"])
-def test_causal_lm_accumulation_equals_one_big_batch_token_for_token(kind, tmp_path):
+@pytest.mark.parametrize("kind,side", [("llama-clm", "right"), ("gpt2-clm", "right"), ("llama-clm", "left")])
+def test_causal_lm_accumulation_equals_one_big_batch_token_for_token(kind, side, tmp_path):
     data = make_data(48, labels=False)  # lengths 3-11: micro-batches carry different numbers of tokens
+
+    class Tokenizer:  # the collator pads on the tokenizer's side
+        pad_token_id, padding_side = 0, side
     weights = []
     for batch, accum in ((8, 1), (2, 4)):
-        model, collator = make_model(kind, dropout=False)
+        model, _ = make_model(kind, dropout=False)
+        collator = DataCollatorForLanguageModeling(Tokenizer(), mlm=False)
         args = args_for(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accum, max_steps=3)
         Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     for key in weights[0]:
-        torch.testing.assert_close(weights[1][key], weights[0][key], atol=2e-6, rtol=1e-5, msg=key)
+        a, b = weights[1][key], weights[0][key]
+        if key.endswith("c_attn.bias"):  # its key part moves no score (softmax ignores a shift): the gradient
+            a, b = (torch.cat([w[:32], w[64:]]) for w in (a, b))  # is float noise, which Adam scales up to lr
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=key)
 
 
 def test_decoder_classifier_and_language_model_learn(tmp_path):
@@ -60,8 +67,8 @@ def test_language_model_collator_masks_padding_and_pads_on_the_tokenizer_side():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["labels"].tolist() == [[5, 6, 7], [-100, -100, 8]]
-    with pytest.raises(ValueError, match="mlm=True"):
-        DataCollatorForLanguageModeling(Tok())
+    with pytest.raises(ValueError, match="mask token"):
+        DataCollatorForLanguageModeling(Tok())  # mlm=True by default, as in the reference: needs a mask token
 
 
 def run(cmd, output_dir, **env):

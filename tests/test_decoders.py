@@ -1,5 +1,7 @@
 """Decoder families (Llama, Mistral, Qwen2, Qwen3, GPT-2) against the reference on tiny random configs: backbone,
 causal LM and sequence classification (logits, losses, gradients), generation, folders both ways, and the specs."""
+import json
+
 import pytest
 import torch
 
@@ -141,7 +143,10 @@ def test_sampling_follows_its_settings(tmp_path):
     with pytest.raises(ValueError, match="num_beams=4 is not implemented"):
         model.generate(ids, max_new_tokens=2, num_beams=4)
     with pytest.raises(ValueError, match="position limit of 64"):
-        model.generate(ids, max_new_tokens=60)
+        model.generate(ids, max_new_tokens=61)  # 5 + 61 - 1 positions: the last new token is never fed back
+    assert model.generate(ids, attention_mask=mask, max_new_tokens=60).shape == (2, ids.shape[1] + 60)
+    with pytest.raises(ValueError, match="min_p=0.5 is not implemented"):
+        model.generate(ids, max_new_tokens=2, do_sample=True, min_p=0.5)
 
 
 def test_our_folder_loads_in_the_reference_with_the_same_logits(tmp_path):
@@ -220,3 +225,47 @@ def test_the_cuda_varlen_path_calls_flash_attention_as_documented(window, kv_hea
     qkv = torch.randn(sum(packing.lengths), (4 + 2 * kv_heads) * 8, dtype=torch.float64)
     expected = packed_attention(qkv, packing, 4, 0.0, kv_heads, causal=True, window=window)
     torch.testing.assert_close(varlen_attention(qkv, packing, 4, kv_heads, window), expected)
+
+
+def test_generation_defaults_and_masks_follow_the_reference(tmp_path):
+    ref = reference_model("llama", "causal_lm", tmp_path / "ref")
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "ref")
+    ids, mask = batch(lengths=(6, 3), side="left")
+    # Neither max_new_tokens nor max_length: 20 new tokens; no attention_mask: padding found by pad_token_id.
+    expected = ref.generate(input_ids=ids, attention_mask=mask, do_sample=False)
+    assert torch.equal(ours.generate(ids, do_sample=False), expected)
+    ours.save_pretrained(tmp_path / "ours")
+    saved = json.loads((tmp_path / "ours" / "generation_config.json").read_text())
+    assert "max_length" not in saved and "top_k" not in saved, "only the values that were set are written"
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
+    assert theirs.generate(input_ids=ids, attention_mask=mask, do_sample=False).shape == expected.shape
+    empty = mask.clone()
+    empty[1] = 0
+    with pytest.raises(ValueError, match="prompt row 1 has no tokens"):
+        ours.generate(ids, attention_mask=empty, max_new_tokens=2)
+
+
+def test_a_row_without_tokens_is_refused_by_a_classifier(tmp_path):
+    reference_model("llama", "sequence_classification", tmp_path, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    ids, mask = batch(lengths=(4, 2))
+    mask[1] = 0
+    with pytest.raises(ValueError, match="row 1 of the batch has no tokens"):
+        model(ids, attention_mask=mask)
+
+
+def test_tied_checkpoint_with_a_different_head_stays_untied_as_in_the_reference(tmp_path):
+    from safetensors.torch import load_file, save_file
+    reference_model("llama-tied-bias", "causal_lm", tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state["lm_head.weight"] = torch.randn_like(state["model.embed_tokens.weight"])
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert ours.lm_head.weight is not ours.get_input_embeddings().weight
+    assert torch.equal(ours.lm_head.weight, state["lm_head.weight"])
+    assert torch.equal(ours.get_input_embeddings().weight, state["model.embed_tokens.weight"])
+    ids, mask = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, attention_mask=mask).logits[mask.bool()],
+                                   ref(input_ids=ids, attention_mask=mask).logits[mask.bool()], atol=1e-5, rtol=1e-4)

@@ -459,7 +459,7 @@ def test_nan_loss_stops_with_the_step(tmp_path):
      "needs save_strategy equal to eval_strategy"),
     (dict(load_best_model_at_end=True, eval_strategy="steps", eval_steps=30, save_steps=50),
      r"save_steps \(50\) to be a multiple of eval_steps \(30\)"),
-    (dict(lr_scheduler_type="polynomial"), "lr_scheduler_type='polynomial' is not supported"),
+    (dict(lr_scheduler_type="warmup_stable_decay"), "lr_scheduler_type=.warmup_stable_decay. is not supported"),
     (dict(per_device_train_batch_size=0), "per_device_train_batch_size must be at least 1"),
     (dict(num_train_epochs=0), "num_train_epochs=0 trains nothing"),
     (dict(warmup_ratio=1.5), r"warmup_ratio must be in \[0, 1\]"),

@@ -79,7 +79,12 @@ def main(output_dir, mode, step):
     args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=2,
                              max_steps=12, save_steps=4, logging_steps=1, learning_rate=1e-3, seed=7,
                              disable_tqdm=True)
-    model, collator = make_model(os.environ.get("TEST_MODEL", "bert"))  # dropout stays on
+    dropout = not os.environ.get("TEST_NO_DROPOUT")  # else dropout stays on
+    model, collator = make_model(os.environ.get("TEST_MODEL", "bert"), dropout)
+    if os.environ.get("TEST_LORA"):  # a LoRA adapter on every linear layer
+        from tuneforge import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1 * dropout,
+                                                 task_type="SEQ_CLS" if collator is None else "CAUSAL_LM"))
     trainer = Trainer(model=model, args=args, train_dataset=make_data(labels=collator is None), callbacks=callbacks, data_collator=collator)
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
     result = os.path.join(output_dir, "result")

@@ -36,15 +36,34 @@ def is_local(name_or_path: str | os.PathLike) -> bool:
             or (os.name == "nt" and "\\" in s))
 
 
-def resolve_folder(name_or_path, *, revision=None, token=None) -> Path:
-    """A local folder as it is, or a hub id fetched through the hub cache (hub.py is the only hub client)."""
+def resolve_folder(name_or_path, *, revision=None, token=None, **hub_options) -> Path:
+    """A local folder as it is, or a hub id fetched through the hub cache (hub.py is the only hub client);
+    hub_options are pop_hub_options'."""
     if is_local(name_or_path):
         folder = Path(name_or_path).expanduser()
         if not folder.is_dir():
             raise CheckpointError(f"model folder {folder} does not exist")
         return folder
     from .hub import resolve_folder as fetch
-    return fetch(str(name_or_path), revision=revision, token=token)
+    return fetch(str(name_or_path), revision=revision, token=token, **hub_options)
+
+
+def pop_hub_options(kwargs: dict, caller: str) -> dict:
+    """The reference's from_pretrained keywords about where files come from, taken out of `kwargs`: cache_dir,
+    force_download, local_files_only for the hub download; trust_remote_code and from_tf refused when True
+    (tuneforge never runs a checkpoint's code, and reads no TensorFlow weights)."""
+    if kwargs.pop("trust_remote_code", None):
+        raise ValueError(f"{caller}(trust_remote_code=True) is refused: tuneforge never runs code from a "
+                         "checkpoint; its model families are built in (pass trust_remote_code=False or leave it "
+                         "out)")
+    if kwargs.pop("from_tf", None):
+        raise ValueError(f"{caller}(from_tf=True) is not supported: tuneforge reads safetensors and PyTorch "
+                         "weights, not TensorFlow checkpoints")
+    if kwargs.pop("from_flax", None):
+        raise ValueError(f"{caller}(from_flax=True) is not supported: tuneforge reads safetensors and PyTorch "
+                         "weights")
+    options = {k: kwargs.pop(k) for k in ("cache_dir", "force_download", "local_files_only") if k in kwargs}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def read_config_dict(folder: Path) -> dict:

@@ -93,6 +93,31 @@ REPORTED_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device
 logger = logging.getLogger("tuneforge")
 
 
+def is_user_mistake(error: BaseException) -> bool:
+    """Whether an error is about the user's input, to be reported as one line (exit code 2): our own error classes
+    for input (UsageError, CheckpointError, HubError, ChatTemplateError), files that are missing or unreadable, a
+    diverging run, and a ValueError that tuneforge raised itself about what it was given (its innermost frame is in
+    tuneforge, raised by a `raise` statement: arguments, data, configs). Anything else (a KeyError, a TypeError, a
+    ValueError from inside torch or numpy) is a bug and keeps its traceback."""
+    from .chat_template import ChatTemplateError
+    from .checkpoint_io import CheckpointError
+    from .hub import HubError
+    if isinstance(error, (UsageError, CheckpointError, HubError, ChatTemplateError, FloatingPointError,
+                          FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True
+    if type(error) is not ValueError or error.__traceback__ is None:
+        return False
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame_file = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    if not frame_file.startswith(package + os.sep):
+        return False
+    import linecache
+    return linecache.getline(frame_file, tb.tb_lineno).strip().startswith("raise")
+
+
 class UsageError(Exception):
     """Input the user can fix; reported as one line on stderr with exit code 2."""
 
@@ -522,6 +547,9 @@ def read_training_data(opts, train_path: Path, eval_path: Path | None):
 
 
 def cmd_train(opts):
+    if opts.task != "text-classification":
+        from .cli_tasks import cmd_train_task
+        return cmd_train_task(opts)
     model_dir = opts.model or str(default_model_dir())
     built_in = opts.train is None
     train_path = Path(opts.train) if opts.train else DEFAULT_TRAIN
@@ -561,6 +589,7 @@ def cmd_train(opts):
         model_dir, id2label=id2label, label2id={name: i for i, name in id2label.items()},
         problem_type="single_label_classification",
         ignore_mismatched_sizes=True)  # a new label set means a new head; the key report says which weights
+    model = with_lora(model, opts, "SEQ_CLS")
     note(f"fine-tuning {model_dir} ({model.num_parameters() / 1e6:.1f}M parameters) on {train_path} "
          f"({len(train_set)} rows), evaluating on {eval_source} ({len(eval_set)} rows); "
          f"{len(id2label)} labels: {', '.join(id2label.values())}; max length {max_length} tokens")
@@ -581,6 +610,9 @@ def cmd_train(opts):
         final = watcher.last[1]
     else:
         final = trainer.evaluate()
+    if opts.lora and is_main:  # the labels beside the adapter, for evaluate, predict and merge
+        from .peft.lora import save_head_config
+        save_head_config(output_dir, model)
     if not push:
         trainer.save_model()  # with push, push_to_hub saves it
     trainer.save_state()
@@ -634,6 +666,50 @@ def write_run_files(trainer, output_dir: Path, final: dict, scorer: Scorer, id2l
                  throughput=throughput, title=title)
 
 
+def with_lora(model, opts, task_type: str):
+    """The model with a LoRA adapter when --lora is given; --lora-* options without it are an error."""
+    extra = [f"--lora-{k}" for k in ("r", "alpha", "target") if getattr(opts, f"lora_{k}", None) is not None]
+    if not getattr(opts, "lora", False):
+        if extra:
+            raise UsageError(f"{', '.join(extra)} without --lora: add --lora to train an adapter")
+        return model
+    from .peft import LoraConfig, get_peft_model
+    target = opts.lora_target or "all-linear"
+    targets = target if target == "all-linear" or not re.fullmatch(r"[\w.,]+", target) else target.split(",")
+    r = 8 if opts.lora_r is None else opts.lora_r
+    config = LoraConfig(r=r, lora_alpha=16 if opts.lora_alpha is None else opts.lora_alpha, target_modules=targets,
+                        task_type=task_type)
+    model = get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    note(f"LoRA r={r} on {len(model.active_peft_config.target_modules)} layer(s) ({target}): "
+         f"{trainable:,d} of {total:,d} parameters train")
+    return model
+
+
+def load_model(auto_class, folder: str):
+    """A fine-tuned model folder, or a LoRA adapter folder (loaded onto its base model)."""
+    from .peft.lora import is_adapter_folder, load_adapter_folder
+    if is_adapter_folder(folder):
+        return load_adapter_folder(folder, auto_class)
+    return auto_class.from_pretrained(folder)
+
+
+def cmd_merge(opts):
+    from .peft.lora import load_adapter_folder
+    folder, output = Path(opts.model), Path(opts.output)
+    model = load_adapter_folder(folder, base=opts.base)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output)
+    source = folder if (folder / "tokenizer.json").is_file() else model.active_peft_config.base_model_name_or_path
+    try:
+        AutoTokenizer.from_pretrained(opts.base or source).save_pretrained(output)
+    except (OSError, ValueError) as e:
+        note(f"no tokenizer written: {_one_line(e)}")
+    note(f"merged the adapter {folder} into {opts.base or model.active_peft_config.base_model_name_or_path}: "
+         f"{output}")
+    return {"output": str(output), "parameters": merged.num_parameters()}
+
+
 def _inference_setup(opts, with_labels: bool):
     """Model, tokenizer and tokenized rows for evaluate/predict (labels mapped through the model's label2id)."""
     config = load_config(opts.model)
@@ -653,7 +729,7 @@ def _inference_setup(opts, with_labels: bool):
     dataset = tokenize(rows, tokenizer, text, pair, max_length)
     if ids is not None:
         dataset = dataset.add_column("labels", ids)
-    model = AutoModelForSequenceClassification.from_pretrained(opts.model)
+    model = load_model(AutoModelForSequenceClassification, opts.model)
     return model, tokenizer, dataset
 
 
@@ -666,12 +742,18 @@ def _predict(model, tokenizer, dataset, batch_size: int, compute_metrics=None):
 
 
 def cmd_evaluate(opts):
+    if opts.task != "text-classification":
+        from .cli_tasks import cmd_evaluate_task
+        return cmd_evaluate_task(opts)
     model, tokenizer, dataset = _inference_setup(opts, with_labels=True)
     trainer, output = _predict(model, tokenizer, dataset, opts.batch_size, Scorer())
     return output.metrics if trainer.dist.is_main else None
 
 
 def cmd_predict(opts):
+    if opts.task != "text-classification":
+        from .cli_tasks import cmd_predict_task
+        return cmd_predict_task(opts)
     model, tokenizer, dataset = _inference_setup(opts, with_labels=False)
     if model.config.num_labels < 2 or model.config.problem_type in ("regression", "multi_label_classification"):
         raise UsageError(f"{opts.model} is not a single-label classifier (num_labels={model.config.num_labels}, "
@@ -710,6 +792,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def data_options(p, labels: bool = True):
+        p.add_argument("--task", choices=("text-classification", "token-classification", "question-answering"),
+                       default="text-classification",
+                       help="text-classification (default); token-classification: CoNLL-style files (token ... tag "
+                       "per line) or JSON/parquet with 'tokens' and 'tags'; question-answering: SQuAD-format JSON")
+        p.add_argument("--stride", type=int, metavar="N", help="question-answering: tokens shared by consecutive "
+                       "windows of a long context (default: 128; 0: no windows, a context must fit --max-length)")
         p.add_argument("--text-column", metavar="NAME", help="the text column (default: 'text' or 'sentence')")
         p.add_argument("--text-pair-column", metavar="NAME", help="a second text column, for sentence-pair tasks")
         if labels:
@@ -757,7 +845,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--push-to-hub", action="store_true", default=None,
                        help="upload the model, metrics and report when done")
     train.add_argument("--hub-model-id", metavar="ID", help="the hub repository (default: the output folder's name)")
+    train.add_argument("--lora", action="store_true", help="train a LoRA adapter (PEFT's format) and the head, not "
+                       "the whole model; the output folder holds the adapter (see `tuneforge merge`)")
+    train.add_argument("--lora-r", type=int, metavar="N", help="with --lora: the adapter's rank (default: 8)")
+    train.add_argument("--lora-alpha", type=float, metavar="X", help="with --lora: its scale alpha (update x "
+                       "alpha / r; default: 16)")
+    train.add_argument("--lora-target", metavar="NAMES", help="with --lora: comma-separated layer names (e.g. "
+                       "query,value), a regex, or all-linear (default)")
     train.set_defaults(run=cmd_train)
+
+    merge = commands.add_parser("merge", help="merge a LoRA adapter into its base model: a full model folder",
+                                description="Write the base model with the adapter's update merged into its weights "
+                                "(and its trained head) as a standard model folder.")
+    merge.add_argument("--model", required=True, metavar="ADAPTER_DIR", help="adapter folder (adapter_config.json)")
+    merge.add_argument("--output", required=True, metavar="DIR", help="where the merged model goes")
+    merge.add_argument("--base", metavar="DIR", help="the base model (default: the adapter config's "
+                       "base_model_name_or_path)")
+    merge.set_defaults(run=cmd_merge)
 
     evaluate = commands.add_parser("evaluate", help="score a fine-tuned model on a labelled file",
                                    description="Metrics of a fine-tuned model on a labelled file, as JSON on "
@@ -811,7 +915,9 @@ def main(argv: list[str] | None = None) -> int:
         # Whatever a library prints goes to stderr: stdout carries the result alone.
         with contextlib.redirect_stdout(sys.stderr):
             result = opts.run(opts)
-    except (UsageError, ValueError, OSError, KeyError, FloatingPointError) as error:
+    except Exception as error:
+        if not is_user_mistake(error):
+            raise  # an internal bug keeps its traceback
         print(f"tuneforge {opts.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

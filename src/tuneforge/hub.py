@@ -308,6 +308,9 @@ def resolve_folder(
     revision: str | None = None,
     token: str | None = None,
     allow_patterns: Iterable[str] | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
 ) -> Path:
     """A local folder holding the checkpoint ``name_or_path``.
 
@@ -315,14 +318,16 @@ def resolve_folder(
     id: a snapshot of only the needed files (``allow_patterns``, default :data:`DEFAULT_ALLOW_PATTERNS`) is
     downloaded into the huggingface_hub cache and its folder returned. With ``HF_HUB_OFFLINE=1``, or when
     the hub cannot be reached, the cached snapshot is used. When neither works, raises :class:`HubError`
-    (an ``OSError``) with one line saying why.
+    (an ``OSError``) with one line saying why. ``cache_dir``, ``force_download`` and ``local_files_only`` are
+    huggingface_hub's (from_pretrained passes them through).
     """
     path = Path(os.fspath(name_or_path)).expanduser()
     if path.is_dir():
         return path
     name = os.fspath(name_or_path)
     endpoint = _endpoint()
-    offline = _offline()
+    offline = _offline() or local_files_only
+    cache = _expand(os.fspath(cache_dir)) if cache_dir is not None else _cache_dir()
     if allow_patterns is None:
         patterns = list(DEFAULT_ALLOW_PATTERNS)
     elif isinstance(allow_patterns, str):
@@ -336,7 +341,7 @@ def resolve_folder(
         message = (
             f"{name!r} is not a local folder and could not be fetched from the hub at {endpoint} ({reason}); "
             f"check the path or repo id, set HF_TOKEN for a private repo, "
-            f"or fetch it once online so that it is cached in {_cache_dir()}"
+            f"or fetch it once online so that it is cached in {cache}"
         )
         return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=name, reason=reason,
                         original=original)
@@ -350,9 +355,10 @@ def resolve_folder(
             revision=revision,
             token=hub_token,
             allow_patterns=patterns,
-            cache_dir=_cache_dir(),
+            cache_dir=cache,
             endpoint=endpoint,
             local_files_only=offline,
+            force_download=force_download,
             library_name="tuneforge",
             library_version=_tuneforge_version(),
         )
@@ -654,6 +660,7 @@ def write_model_card(
     log_history=(),
     hyperparameters=None,
     id2label=None,
+    adapter: bool = False,
 ) -> Path:
     """Write ``folder/README.md``: YAML front matter (library_name, base_model, tags, datasets) and sections
     for the description, label names, evaluation results (one table row per evaluation in ``log_history``),
@@ -668,7 +675,7 @@ def write_model_card(
     meta: dict[str, Any] = {"library_name": "tuneforge"}
     if base_is_repo:
         meta["base_model"] = str(base_model)
-    tags = ["tuneforge", "fine-tuned"]
+    tags = ["tuneforge", "fine-tuned"] + (["peft", "lora"] if adapter else [])
     if id2label:
         tags.append("text-classification")
     meta["tags"] = tags
@@ -683,6 +690,9 @@ def write_model_card(
         description = "This model was fine-tuned"
     description += f" on the {', '.join(datasets)} dataset" if datasets else ""
     description += " with tuneforge."
+    if adapter:  # the folder holds a LoRA adapter (adapter_config.json + adapter_model.safetensors), not the model
+        description += (" It is a LoRA adapter in PEFT's format: load the base model, then "
+                        "`PeftModel.from_pretrained(base, repo)` (tuneforge or peft), or merge it with `tuneforge merge`.")
 
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "", f"# {title}", ""]
     lines += ["## Model description", "", description, ""]

@@ -456,8 +456,11 @@ _METRICS = {metric.name: metric for metric in (
 
 def load(name, **config):
     """The metric called ``name``; ``config`` sets defaults for its ``compute()`` keyword arguments."""
+    if name in ("seqeval", "squad"):  # structured predictions (tag sequences, answer texts): their own module
+        from .structured_metrics import Squad, SeqEval
+        return (SeqEval if name == "seqeval" else Squad)(**config)
     if name not in _METRICS:
-        raise ValueError(f"unknown metric {name!r}; available: {', '.join(_METRICS)}")
+        raise ValueError(f"unknown metric {name!r}; available: {', '.join([*_METRICS, 'seqeval', 'squad'])}")
     return _METRICS[name](**config)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -154,6 +155,11 @@ _CLASS_BY_MODEL_TYPE = {
 # --------------------------------------------------------------------------------------------------
 
 
+class TokenSpan(NamedTuple):
+    start: int
+    end: int
+
+
 class BatchEncoding(dict):
     """The output of a tokenizer call: a dict of input_ids, attention_mask, ... with attribute access.
 
@@ -177,6 +183,52 @@ class BatchEncoding(dict):
     @property
     def encodings(self):
         return self.__dict__.get("_encodings")
+
+    # What each token came from (rows from text only; the reference's names and rules).
+
+    def _encoding(self, batch_index: int, what: str):
+        if not self._encodings:
+            raise ValueError(f"{what}() needs a batch encoded from text by the tokenizer (this one has no encodings)")
+        return self._encodings[batch_index]
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        return self._encoding(batch_index, "tokens").tokens
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Each token's word (None for special tokens and padding): several tokens share the word they split."""
+        return self._encoding(batch_index, "word_ids").word_ids
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Each token's text: 0 for the first, 1 for the second of a pair, None for special tokens and padding."""
+        return self._encoding(batch_index, "sequence_ids").sequence_ids
+
+    def _batch_and_index(self, batch_or_index: int, index: int | None, what: str) -> tuple[int, int]:
+        if index is not None:
+            return batch_or_index, index
+        if self._encodings is not None and len(self._encodings) > 1:
+            raise ValueError(f"{what}() on a batch needs the batch index and the index")
+        return 0, batch_or_index
+
+    def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        batch, token = self._batch_and_index(batch_or_token_index, token_index, "token_to_word")
+        encoding = self._encoding(batch, "token_to_word")
+        return encoding.word_ids[token + len(encoding.ids) if token < 0 else token]
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        batch, token = self._batch_and_index(batch_or_token_index, token_index, "token_to_sequence")
+        encoding = self._encoding(batch, "token_to_sequence")
+        return encoding.sequence_ids[token + len(encoding.ids) if token < 0 else token]
+
+    def char_to_token(self, batch_or_char_index: int, char_index: int | None = None,
+                      sequence_index: int = 0) -> int | None:
+        batch, char = self._batch_and_index(batch_or_char_index, char_index, "char_to_token")
+        return self._encoding(batch, "char_to_token").char_to_token(char, sequence_index)
+
+    def word_to_tokens(self, batch_or_word_index: int, word_index: int | None = None, sequence_index: int = 0):
+        """(start, end) tokens of a word, or None."""
+        batch, word = self._batch_and_index(batch_or_word_index, word_index, "word_to_tokens")
+        span = self._encoding(batch, "word_to_tokens").word_to_tokens(word, sequence_index)
+        return None if span is None else TokenSpan(*span)
 
     def convert_to_tensors(self, tensor_type):
         """Turn every value into a torch tensor ("pt") or numpy array ("np"), in place."""
@@ -246,13 +298,14 @@ def _to_python(value):
 # --------------------------------------------------------------------------------------------------
 
 
-def _locate_tokenizer_files(name_or_path, revision=None, token=None) -> tuple[Path, dict[str, Path]]:
+def _locate_tokenizer_files(name_or_path, revision=None, token=None, hub=None) -> tuple[Path, dict[str, Path]]:
     """The folder and the tokenizer files in it (a local folder, or a hub id fetched through the cache)."""
     from .checkpoint_io import is_local
     if not is_local(name_or_path):
         from .hub import DEFAULT_ALLOW_PATTERNS, resolve_folder
         patterns = (*DEFAULT_ALLOW_PATTERNS, CHAT_TEMPLATE_FILE, f"{CHAT_TEMPLATE_DIR}/*.jinja")
-        name_or_path = resolve_folder(str(name_or_path), revision=revision, token=token, allow_patterns=patterns)
+        name_or_path = resolve_folder(str(name_or_path), revision=revision, token=token, allow_patterns=patterns,
+                                      **(hub or {}))
     folder = Path(name_or_path)
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -269,13 +322,14 @@ def _locate_tokenizer_files(name_or_path, revision=None, token=None) -> tuple[Pa
     return folder, found
 
 
-def _locate_gguf(name_or_path, gguf_file, revision=None, token=None) -> Path:
+def _locate_gguf(name_or_path, gguf_file, revision=None, token=None, hub=None) -> Path:
     """The GGUF file `gguf_file` in a local folder, or fetched (that file alone) from a hub repo."""
     from .checkpoint_io import is_local
     folder = Path(name_or_path)
     if not is_local(name_or_path):
         from .hub import resolve_folder
-        folder = resolve_folder(str(name_or_path), revision=revision, token=token, allow_patterns=[str(gguf_file)])
+        folder = resolve_folder(str(name_or_path), revision=revision, token=token, allow_patterns=[str(gguf_file)],
+                                **(hub or {}))
     path = folder / gguf_file
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: '{path}'")
@@ -631,17 +685,22 @@ class PreTrainedTokenizerFast:
 
         `gguf_file=NAME` reads the tokenizer stored in the GGUF file NAME of the folder (or hub repo) instead.
         """
+        from .checkpoint_io import pop_hub_options
         revision, token = kwargs.pop("revision", None), kwargs.pop("token", None)
+        hub = pop_hub_options(kwargs, "AutoTokenizer.from_pretrained")  # cache_dir, trust_remote_code, ...
+        if kwargs.pop("use_fast", True) is False:
+            raise ValueError("AutoTokenizer.from_pretrained(use_fast=False) is not supported: tuneforge's tokenizers "
+                             "are the fast (tokenizers) ones; leave use_fast out or pass True")
         gguf_file = kwargs.pop("gguf_file", None)
         if gguf_file is not None:
             from .gguf_io import read_gguf_tokenizer
             backend, gguf_settings = read_gguf_tokenizer(_locate_gguf(pretrained_model_name_or_path, gguf_file,
-                                                                      revision, token))
+                                                                      revision, token, hub))
             # gguf_io's backend already adds BOS / EOS as the file's add_bos_token / add_eos_token say.
             settings = _normalize_settings({**gguf_settings, **kwargs})
             class_name = _GENERIC_CLASS
         else:
-            folder, files = _locate_tokenizer_files(pretrained_model_name_or_path, revision, token)
+            folder, files = _locate_tokenizer_files(pretrained_model_name_or_path, revision, token, hub)
             settings = _read_settings(folder, files, kwargs)
             class_name = _resolve_class_name(settings, files)
             reference = _REFERENCE_CLASSES.get(class_name)
@@ -736,6 +795,11 @@ class PreTrainedTokenizerFast:
         return_token_type_ids: bool | None = None,
         return_attention_mask: bool | None = None,
         return_length: bool = False,
+        stride: int = 0,
+        is_split_into_words: bool = False,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
     ) -> BatchEncoding:
         """Tokenize one text (or pair) or a batch of them into model inputs.
 
@@ -743,11 +807,23 @@ class PreTrainedTokenizerFast:
         "do_not_pad", True / "longest" (pad to the longest in the batch) or "max_length". truncation: False /
         "do_not_truncate", True / "longest_first", "only_first" or "only_second". max_length defaults to
         model_max_length when truncating or padding to "max_length"; a max_length given alone truncates.
+
+        is_split_into_words: each text is a list of words (pre-tokenized); `word_ids(i)` then maps tokens to
+        them. return_overflowing_tokens: what truncation cuts off becomes further rows (windows overlapping by
+        `stride` tokens), with `overflow_to_sample_mapping` naming each row's input. return_offsets_mapping:
+        each token's (start, end) characters in its text (in its word, for pre-tokenized input).
         """
         if text is None:
             raise ValueError("text must be a string or a list of strings, got None")
         padding, truncation, max_length = self._resolve_strategies(padding, truncation, max_length, pad_to_multiple_of)
+        if not isinstance(stride, int) or stride < 0:
+            raise ValueError(f"stride must be a non-negative integer, got {stride!r}")
 
+        if is_split_into_words:
+            return self._call_split_into_words(
+                text, text_pair, add_special_tokens, padding, truncation, max_length, pad_to_multiple_of,
+                padding_side, return_tensors, return_token_type_ids, return_attention_mask, return_length, stride,
+                return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping)
         is_batched = isinstance(text, (list, tuple))
         if is_batched:
             if isinstance(text_pair, str):
@@ -762,27 +838,77 @@ class PreTrainedTokenizerFast:
             for part in item if isinstance(item, tuple) else (item,):
                 if not isinstance(part, str):
                     raise TypeError(
-                        f"texts must be strings (pre-tokenized input is not supported), got {type(part).__name__}"
+                        f"texts must be strings (pass is_split_into_words=True for lists of words), got {type(part).__name__}"
                     )
 
-        with self._padding_and_truncation(padding, truncation, max_length, pad_to_multiple_of, padding_side):
-            encodings = self._tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        return self._encode_inputs(
+            inputs, is_batched, False, add_special_tokens, padding, truncation, max_length, pad_to_multiple_of,
+            padding_side, return_tensors, return_token_type_ids, return_attention_mask, return_length, stride,
+            return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping)
+
+    def _call_split_into_words(self, text, text_pair, *options) -> BatchEncoding:
+        """Pre-tokenized input: one list of words (or a pair of them), or a batch of such lists."""
+        def is_words(value):
+            return isinstance(value, (list, tuple)) and all(isinstance(word, str) for word in value)
+
+        is_batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
+        if is_batched:
+            if text_pair is not None and (not isinstance(text_pair, (list, tuple)) or len(text_pair) != len(text)):
+                raise ValueError("when text is a batch of word lists, text_pair must be a list of as many word lists")
+            inputs = list(zip(text, text_pair)) if text_pair is not None else list(text)
+        else:
+            inputs = [(text, text_pair)] if text_pair else [text]
+        for row, item in enumerate(inputs):
+            for part in item if isinstance(item, tuple) else (item,):
+                if not is_words(part):
+                    raise TypeError(f"is_split_into_words=True takes lists of words (strings); input {row} is "
+                                    f"{type(part).__name__}{'' if not isinstance(part, (list, tuple)) else ' of ' + ', '.join(sorted({type(w).__name__ for w in part}))}")
+        inputs = [tuple(list(p) for p in item) if isinstance(item, tuple) else list(item) for item in inputs]
+        return self._encode_inputs(inputs, is_batched, True, *options)
+
+    def _encode_inputs(self, inputs, is_batched, is_pretokenized, add_special_tokens, padding, truncation, max_length,
+                       pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids, return_attention_mask,
+                       return_length, stride, return_overflowing_tokens, return_special_tokens_mask,
+                       return_offsets_mapping) -> BatchEncoding:
+        with self._padding_and_truncation(padding, truncation, max_length, pad_to_multiple_of, padding_side, stride):
+            try:
+                encodings = self._tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens,
+                                                         is_pretokenized=is_pretokenized)
+            except Exception as error:  # the backend's errors are plain Exceptions (e.g. a pair too long)
+                if "Truncation error" not in str(error):
+                    raise
+                raise ValueError(f"cannot truncate to max_length={max_length} with truncation={truncation!r}: "
+                                 f"{str(error).replace('Truncation error: ', '')} (the other text alone is too "
+                                 "long)") from None
+        # As the reference: overflowing windows follow their input as further rows.
+        rows, sample_mapping = [], []
+        for i, encoding in enumerate(encodings):
+            windows = [encoding] + (list(encoding.overflowing) if return_overflowing_tokens else [])
+            rows.extend(windows)
+            sample_mapping.extend([i] * len(windows))
 
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
-        data = {"input_ids": [encoding.ids for encoding in encodings]}
+        data = {"input_ids": [encoding.ids for encoding in rows]}
         if return_token_type_ids:
-            data["token_type_ids"] = [encoding.type_ids for encoding in encodings]
+            data["token_type_ids"] = [encoding.type_ids for encoding in rows]
         if return_attention_mask:
-            data["attention_mask"] = [encoding.attention_mask for encoding in encodings]
+            data["attention_mask"] = [encoding.attention_mask for encoding in rows]
+        if return_special_tokens_mask:
+            data["special_tokens_mask"] = [encoding.special_tokens_mask for encoding in rows]
+        if return_offsets_mapping:
+            data["offset_mapping"] = [encoding.offsets for encoding in rows]
         if return_length:
-            data["length"] = [len(encoding.ids) for encoding in encodings]
+            data["length"] = [len(encoding.ids) for encoding in rows]
+        if return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = sample_mapping
+        encodings = rows
 
         if max_length is None:
             self._warn_if_too_long(data["input_ids"])
-        if not is_batched and return_tensors is None:
+        if not is_batched and return_tensors is None and not return_overflowing_tokens:
             # One text: flat lists. ("length" stays a one-item list, as in Transformers.)
             data = {key: value[0] if value and isinstance(value[0], list) else value for key, value in data.items()}
         return BatchEncoding(data, encodings, tensor_type=return_tensors)
@@ -853,12 +979,13 @@ class PreTrainedTokenizerFast:
         return padding, truncation, max_length
 
     @contextmanager
-    def _padding_and_truncation(self, padding, truncation, max_length, pad_to_multiple_of, padding_side):
+    def _padding_and_truncation(self, padding, truncation, max_length, pad_to_multiple_of, padding_side, stride=0):
         """Configure the backend for one call and clear it afterwards, so no setting outlives the call."""
         backend = self._tokenizer
         try:
             if truncation != "do_not_truncate":
-                backend.enable_truncation(max_length, strategy=truncation, direction=self.truncation_side)
+                backend.enable_truncation(max_length, stride=stride, strategy=truncation,
+                                          direction=self.truncation_side)
             if padding != "do_not_pad":
                 backend.enable_padding(
                     direction=_check_side("padding_side", padding_side or self.padding_side),

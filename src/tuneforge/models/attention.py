@@ -49,6 +49,8 @@ class Packing:
     grid_rows: Tensor | None  # (N,) each packed token's row in the stacked grids; None: they are the packed rows
     grid_sources: Tensor | None  # (R,) each grid row's packed token, N for padding
     lengths: list[int]  # (B,) real tokens of each sequence, in packing order
+    # Several sequences in a row (from_positions): each input row's first and last packed token, (B,) each.
+    row_tokens: tuple[Tensor, Tensor] | None = None
     _head_major: dict[int, HeadMajor] = field(default_factory=dict, repr=False)
 
     def head_major(self, num_heads: int) -> HeadMajor:
@@ -60,13 +62,21 @@ class Packing:
     @property
     def first_tokens(self) -> Tensor:
         """(B,) packed index of each input row's first real token."""
+        if self.row_tokens is not None:
+            return self.row_tokens[0]
         return self.to_input_order(self.starts)
 
     @property
     def last_tokens(self) -> Tensor:
         """(B,) packed index of each input row's last real token (what a decoder's head reads)."""
-        ends = self.starts + torch.tensor(self.lengths, device=self.starts.device) - 1
-        return self.to_input_order(ends)
+        if self.row_tokens is not None:
+            return self.row_tokens[1]
+        return self.to_input_order(self.ends)
+
+    @property
+    def ends(self) -> Tensor:
+        """(S,) packed index of each sequence's last token, in packing order."""
+        return self.starts + torch.tensor(self.lengths, device=self.starts.device) - 1
 
     @functools.cached_property
     def positions(self) -> Tensor:
@@ -116,16 +126,41 @@ class Packing:
         restore = torch.empty_like(order).scatter_(0, order, torch.arange(batch, device=device))
         lengths = sorted_lengths.tolist()
         groups = _groups(lengths, device)
-        grid_rows = grid_sources = None
-        if any(g.key_mask is not None for g in groups):
-            # Sequence i of a group starts at row + i * longest of the stacked grids; its tokens follow.
-            grid_starts = torch.tensor([g.row + i * g.longest for g in groups for i in range(g.seqs)], device=device)
-            position = torch.arange(len(rows), device=device) - starts[rows]  # each token's place in its sequence
-            grid_rows = grid_starts[rows] + position  # (N,)
-            last = groups[-1]
-            grid_sources = torch.full((last.row + last.seqs * last.longest,), len(rows), device=device)
-            grid_sources[grid_rows] = torch.arange(len(rows), device=device)
+        grid_rows, grid_sources = _grid_layout(groups, rows, starts, device)
         return Packing(indices, batch, seq_len, groups, starts, restore, grid_rows, grid_sources, lengths)
+
+    @staticmethod
+    @torch.compiler.disable  # like from_mask
+    def from_positions(attention_mask: Tensor | None, position_ids: Tensor | None, shape: tuple[int, int],
+                       device) -> "Packing":
+        """Decoders' packing, with the reference's padding-free format: without an attention mask, a position id
+        that is not the previous one + 1 starts a new sequence inside the row (the reference's
+        find_packed_sequence_indices), so several sequences share a row, each attending only to itself, and
+        positions restart per sequence. With a mask (or no restart) position ids only place the tokens, as in the
+        reference, and this is from_mask."""
+        if position_ids is None or attention_mask is not None:
+            return Packing.from_mask(attention_mask, shape, device)
+        batch, seq_len = shape
+        positions = position_ids.expand(batch, seq_len)
+        new = torch.ones(batch, seq_len, dtype=torch.bool, device=device)  # (B, T) True where a sequence starts
+        new[:, 1:] = positions[:, 1:] - positions[:, :-1] != 1
+        if int(new.sum()) == batch:
+            return Packing.from_mask(None, shape, device)
+        sequence = new.flatten().cumsum(0) - 1  # (B*T,) each token's sequence, in row order
+        lengths = torch.bincount(sequence)  # (S,)
+        order = torch.argsort(lengths, descending=True, stable=True)  # (S,) longest first
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=device))
+        ranks = rank[sequence]  # (B*T,)
+        indices = torch.argsort(ranks, stable=True)  # (N,) flat positions, sequence by sequence in `order`
+        sorted_lengths = lengths[order]
+        starts = torch.cumsum(sorted_lengths, 0) - sorted_lengths
+        lengths = sorted_lengths.tolist()
+        groups = _groups(lengths, device)
+        grid_rows, grid_sources = _grid_layout(groups, ranks[indices], starts, device)
+        packed = torch.empty_like(indices).scatter_(0, indices, torch.arange(len(indices), device=device))
+        rows = torch.arange(batch, device=device) * seq_len  # (B,) flat position of each row's first token
+        row_tokens = (packed[rows], packed[rows + seq_len - 1])
+        return Packing(indices, batch, seq_len, groups, starts, None, grid_rows, grid_sources, lengths, row_tokens)
 
     def pack(self, grid: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -142,6 +177,22 @@ class Packing:
         if seq_len is not None and seq_len > self.seq_len:
             grid = torch.cat([grid, grid.new_zeros(self.batch, seq_len - self.seq_len, *grid.shape[2:])], 1)
         return grid
+
+
+def _grid_layout(groups: list[Group], sequence: Tensor, starts: Tensor, device) -> tuple[Tensor | None, Tensor | None]:
+    """Where each packed token sits in the groups' stacked grids, from each token's sequence (N,) (in packing order)
+    and the sequences' packed starts: (grid_rows (N,), grid_sources (R,)), or (None, None) when the grids are the
+    packed rows themselves."""
+    if all(g.key_mask is None for g in groups):
+        return None, None
+    # Sequence i of a group starts at row + i * longest of the stacked grids; its tokens follow.
+    grid_starts = torch.tensor([g.row + i * g.longest for g in groups for i in range(g.seqs)], device=device)
+    position = torch.arange(len(sequence), device=device) - starts[sequence]  # each token's place in its sequence
+    grid_rows = grid_starts[sequence] + position  # (N,)
+    last = groups[-1]
+    grid_sources = torch.full((last.row + last.seqs * last.longest,), len(sequence), device=device)
+    grid_sources[grid_rows] = torch.arange(len(sequence), device=device)
+    return grid_rows, grid_sources
 
 
 def _groups(lengths: list[int], device, shrink: float = 0.7, max_groups: int = 6) -> list[Group]:

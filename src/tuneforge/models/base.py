@@ -4,15 +4,18 @@ Nothing numerical lives here."""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoint_io import (atomic_write, load_state_dict, match_keys, read_config_dict, rename_keys, resolve_folder,
-                             save_state_dict, warn_about_keys)
+from ..checkpoint_io import (atomic_write, load_state_dict, match_keys, pop_hub_options, read_config_dict, rename_keys,
+                             resolve_folder, save_state_dict, warn_about_keys)
 from .layers import init_weights
+
+logger = logging.getLogger("tuneforge")
 
 
 def read_checkpoint(folder: Path, gguf_file: str | None = None) -> tuple[dict, dict | None]:
@@ -22,6 +25,65 @@ def read_checkpoint(folder: Path, gguf_file: str | None = None) -> tuple[dict, d
     from ..gguf_io import read_gguf
     checkpoint = read_gguf(Path(folder) / gguf_file)
     return checkpoint.config, checkpoint.state_dict
+
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # the same maths here: tuneforge's attention serves both
+DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "half": torch.float16, "float64": torch.float64}
+
+
+def pop_load_options(kwargs: dict, caller: str = "from_pretrained") -> dict:
+    """The reference's from_pretrained keywords about the loaded model, taken out of `kwargs` and checked:
+    dtype (or torch_dtype: a torch.dtype, its name, or "auto" for the checkpoint's), device_map ("cpu", "auto",
+    a device, or {"": device}), low_cpu_mem_usage (always so: the model is built on the meta device and the
+    weights loaded into it), attn_implementation ("sdpa" or "eager"); plus the hub's (pop_hub_options)."""
+    options = {"hub": pop_hub_options(kwargs, caller)}
+    dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+    dtype = dtype if dtype is not None else torch_dtype
+    if isinstance(dtype, str) and dtype != "auto":
+        if dtype.removeprefix("torch.") not in DTYPES:
+            raise ValueError(f"{caller}(dtype={dtype!r}): not a dtype; use one of {', '.join(DTYPES)} or 'auto'")
+        dtype = DTYPES[dtype.removeprefix("torch.")]
+    elif dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{caller}(dtype={dtype!r}): not a torch.dtype, a dtype name or 'auto'")
+    options["dtype"] = dtype
+    device_map = kwargs.pop("device_map", None)
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise ValueError(f"{caller}(device_map={device_map!r}): a model split over several devices is not "
+                             "supported; give one device")
+        device_map = devices.pop()
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device_map in ("balanced", "balanced_low_0", "sequential"):
+        raise ValueError(f"{caller}(device_map={device_map!r}): splitting a model over devices is not supported; "
+                         "use 'auto', 'cpu' or a device")
+    try:
+        options["device"] = None if device_map is None else torch.device(device_map)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{caller}(device_map={device_map!r}): not a device") from None
+    kwargs.pop("low_cpu_mem_usage", None)  # always true (see above)
+    attn = kwargs.pop("attn_implementation", None)
+    if attn is not None and attn not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"{caller}(attn_implementation={attn!r}) is not supported: tuneforge computes attention "
+                         f"its own way, on real tokens only (varlen kernels on CUDA); use one of "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    return options
+
+
+def _apply_load_options(model: nn.Module, options: dict, state: dict) -> nn.Module:
+    dtype = options.get("dtype")
+    if dtype == "auto":  # the config's dtype, else the weights'
+        named = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+        dtype = DTYPES.get(str(named).removeprefix("torch."), None) if named is not None else None
+        if dtype is None:
+            dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    if dtype is not None:
+        model.to(dtype)
+    if options.get("device") is not None:
+        model.to(options["device"])
+    return model
 
 
 class PreTrainedModel(nn.Module):
@@ -58,6 +120,18 @@ class PreTrainedModel(nn.Module):
     def _tied_keys(self) -> set[str]:
         return set(self.tied_weights) if getattr(self.config, "tie_word_embeddings", False) else set()
 
+    def _match_tied(self, state: dict, source: str) -> None:
+        """A tied pair in a checkpoint: saved once (either name) loads into the shared tensor; saved twice with
+        different values, they stay two tensors, as the reference decides."""
+        for ours, shared in self.tied_weights.items():
+            if not getattr(self.config, "tie_word_embeddings", False):
+                return
+            if ours in state and shared in state and not torch.equal(state[ours], state[shared]):
+                logger.warning(f"{source} holds {ours} and {shared} with different values: they are not tied")
+                self.config.tie_word_embeddings = False
+            elif ours in state and shared not in state:
+                state[shared] = state.pop(ours)
+
     def with_tied_weights(self, state: dict) -> dict:
         """A saved state (which holds a tied tensor once) completed for a strict load."""
         return {**state, **{k: state[self.tied_weights[k]] for k in self._tied_keys() if k not in state}}
@@ -75,14 +149,17 @@ class PreTrainedModel(nn.Module):
     def from_pretrained(cls, name_or_path, *, config=None, ignore_mismatched_sizes: bool = False,
                         revision: str | None = None, token: str | None = None, gguf_file: str | None = None,
                         **config_overrides):
-        folder = resolve_folder(name_or_path, revision=revision, token=token)
+        """Load a checkpoint folder (or hub id). Keywords the reference takes about loading (cache_dir, dtype,
+        device_map, ...: pop_load_options) are honoured; the others override config values."""
+        options = pop_load_options(config_overrides, f"{cls.__name__}.from_pretrained")
+        folder = resolve_folder(name_or_path, revision=revision, token=token, **options["hub"])
         values, state = read_checkpoint(folder, gguf_file)
         return cls._from_checkpoint(name_or_path, folder, values, state, config, config_overrides,
-                                    ignore_mismatched_sizes)
+                                    ignore_mismatched_sizes, options)
 
     @classmethod
     def _from_checkpoint(cls, name_or_path, folder: Path, values: dict, state: dict | None, config,
-                         config_overrides: dict, ignore_mismatched_sizes: bool):
+                         config_overrides: dict, ignore_mismatched_sizes: bool, options: dict | None = None):
         from .registry import config_from_values
         if config is None:
             config = config_from_values(values, str(Path(folder) / "config.json"), **config_overrides)
@@ -97,7 +174,7 @@ class PreTrainedModel(nn.Module):
             from .generation import GenerationConfig
             model.generation_config = GenerationConfig.for_model(folder, config)
         config.name_or_path = str(name_or_path)
-        return model.eval()
+        return _apply_load_options(model, options or {}, state).eval()
 
     def _load(self, state: dict, source: str, ignore_mismatched_sizes: bool) -> dict[str, list]:
         """Strict load of the renamed checkpoint into this model, built on the meta device; what the checkpoint
@@ -105,6 +182,7 @@ class PreTrainedModel(nn.Module):
         spec = self.spec
         expected = {k: v.shape for k, v in self.state_dict().items()}
         state = rename_keys(state, set(expected), self.base_model_prefix, spec.renames, spec.ignored_keys)
+        self._match_tied(state, source)
         report = match_keys(state, expected, source=source, ignore_mismatched_sizes=ignore_mismatched_sizes)
         report["missing"] = [k for k in report["missing"] if k not in self._tied_keys()]
         self.to_empty(device="cpu")

@@ -1,4 +1,5 @@
-"""BERT and RoBERTa (incl. XLM-RoBERTa, MiniLM): config, embeddings, encoder, pooler, classification heads.
+"""BERT and RoBERTa (incl. XLM-RoBERTa, MiniLM): config, embeddings, encoder, pooler, task heads (sequence and token
+classification, question answering, multiple choice).
 
 Reads top to bottom. Submodule names equal the checkpoint keys (embeddings.word_embeddings.weight,
 encoder.layer.0.attention.self.query.weight, ...), so loading is a strict state-dict load. Every tensor after the
@@ -13,7 +14,8 @@ from .base import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
 from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention
-from .losses import sequence_classification_loss
+from .heads import flatten_choices, masked_lm_logits_and_loss, span_logits_and_loss, token_logits_and_loss
+from .losses import multiple_choice_loss, sequence_classification_loss
 
 # ---------------------------------------------------------------------------------------------------- config
 
@@ -208,3 +210,140 @@ class RobertaForSequenceClassification(PreTrainedModel):
         logits = self.classifier(first)  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
         return ModelOutput(loss=loss, logits=logits)
+
+
+def _classifier_dropout(c: Config) -> Dropout:
+    return Dropout(c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob)
+
+
+class BertForTokenClassification(PreTrainedModel):
+    """A label per token: reads every real token (packed), never padding."""
+
+    base_model_prefix = "bert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, (RobertaModel if is_roberta(config) else BertModel)(
+            config, add_pooling_layer=False))
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                position_ids: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
+        encoder = getattr(self, self.base_model_prefix)
+        x, packing = encoder.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (N, H)
+        return token_logits_and_loss(self.classifier, self.dropout(x), packing, input_ids.shape[1], labels)
+
+
+class RobertaForTokenClassification(BertForTokenClassification):
+    base_model_prefix = "roberta"
+
+
+class BertForQuestionAnswering(PreTrainedModel):
+    """Start and end logits of the answer span over the real tokens (question, context and special tokens)."""
+
+    base_model_prefix = "bert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, (RobertaModel if is_roberta(config) else BertModel)(
+            config, add_pooling_layer=False))
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                position_ids: Tensor | None = None, start_positions: Tensor | None = None,
+                end_positions: Tensor | None = None) -> ModelOutput:
+        encoder = getattr(self, self.base_model_prefix)
+        x, packing = encoder.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (N, H)
+        return span_logits_and_loss(self.qa_outputs, x, packing, attention_mask, input_ids.shape[1],
+                                    start_positions, end_positions)
+
+
+class RobertaForQuestionAnswering(BertForQuestionAnswering):
+    base_model_prefix = "roberta"
+
+
+class BertForMultipleChoice(PreTrainedModel):
+    """Scores each (B, C, T) choice by its pooled first token; the last block computes only those tokens."""
+
+    base_model_prefix = "bert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, (RobertaModel if is_roberta(config) else BertModel)(config))
+        # RoBERTa's head takes hidden_dropout_prob even when classifier_dropout is set (the reference's rule).
+        self.dropout = Dropout(config.hidden_dropout_prob) if is_roberta(config) else _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                position_ids: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
+        num_choices = input_ids.shape[1]
+        encoder = getattr(self, self.base_model_prefix)
+        first, _ = encoder.encode(*flatten_choices(input_ids, attention_mask, token_type_ids, position_ids),
+                                  heads_only=True)  # (B*C, H)
+        logits = self.classifier(self.dropout(encoder.pooler(first))).view(-1, num_choices)  # (B, C)
+        loss = None if labels is None else multiple_choice_loss(logits, labels)
+        return ModelOutput(loss=loss, logits=logits)
+
+
+class RobertaForMultipleChoice(BertForMultipleChoice):
+    base_model_prefix = "roberta"
+
+# ------------------------------------------------------------------------------------------------ masked LM
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.act = activation(c.hidden_act)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:  # (M, H)
+        return self.LayerNorm(self.act.forward(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """transform, then the decoder: its weight is the word embedding's, its bias is `bias` (both tied)."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(c)
+        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(c)
+
+
+class BertForMaskedLM(PreTrainedModel):
+    """Predicts the masked tokens; with labels, the head's transform and decoder run on the labelled tokens only
+    (DataCollatorForLanguageModeling(mlm=True) labels ~15%), and the logits are made only if read."""
+
+    base_model_prefix = "bert"
+    tied_weights = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                    "cls.predictions.decoder.bias": "cls.predictions.bias"}
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.tie_weights()
+
+    def _tied_keys(self) -> set[str]:
+        keys = set(self.tied_weights)  # the bias always; the weight unless the config unties it (default: tied)
+        return keys if getattr(self.config, "tie_word_embeddings", True) else keys - {"cls.predictions.decoder.weight"}
+
+    def tie_weights(self) -> None:
+        for ours in self._tied_keys():
+            owner, name = ours.rsplit(".", 1)
+            setattr(self.get_submodule(owner), name, self.get_parameter(self.tied_weights[ours]))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                position_ids: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
+        x, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (N, H)
+        head = self.cls.predictions
+        return masked_lm_logits_and_loss(head.transform, head.decoder, x, packing, input_ids.shape[1], labels)

@@ -17,9 +17,9 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 class Config:
     """Attribute access to config.json values. Keys it does not know are kept and written back unchanged."""
 
-    def __init__(self, defaults: dict, **values):
+    def __init__(self, defaults: dict | None = None, **values):
         num_labels = values.pop("num_labels", None)
-        merged = {**copy.deepcopy(TASK_DEFAULTS), **copy.deepcopy(defaults), **values}
+        merged = {**copy.deepcopy(TASK_DEFAULTS), **copy.deepcopy(defaults or {}), **values}
         self.__dict__.update(merged)
         # JSON keys are strings; the reference and our heads use integer ids.
         self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}

@@ -1,4 +1,5 @@
-"""DistilBERT: config, embeddings, blocks, backbone, classification head.
+"""DistilBERT: config, embeddings, blocks, backbone, task heads (sequence and token classification, question
+answering, multiple choice).
 
 Submodule names equal the checkpoint keys (transformer.layer.0.attention.q_lin.weight, ...). As in bert.py,
 everything after the embeddings runs on packed real tokens (N, H).
@@ -12,7 +13,8 @@ from .base import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
 from .layers import Dropout, LayerStack, ModelOutput, activation, check_positions, post_attention
-from .losses import sequence_classification_loss
+from .heads import flatten_choices, span_logits_and_loss, token_logits_and_loss
+from .losses import multiple_choice_loss, sequence_classification_loss
 
 DISTILBERT_DEFAULTS = {
     "model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 512, "sinusoidal_pos_embds": False,
@@ -106,4 +108,62 @@ class DistilBertForSequenceClassification(PreTrainedModel):
         pooled = nn.functional.relu(self.pre_classifier(first))  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
+        return ModelOutput(loss=loss, logits=logits)
+
+
+class DistilBertForTokenClassification(PreTrainedModel):
+    """A label per token: reads every real token (packed), never padding."""
+
+    base_model_prefix = "distilbert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.distilbert = DistilBertModel(config)
+        self.dropout = Dropout(config.dropout)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        x, packing = self.distilbert.encode(input_ids, attention_mask)  # (N, H)
+        return token_logits_and_loss(self.classifier, self.dropout(x), packing, input_ids.shape[1], labels)
+
+
+class DistilBertForQuestionAnswering(PreTrainedModel):
+    base_model_prefix = "distilbert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"DistilBertForQuestionAnswering needs num_labels=2 (start and end), got "
+                             f"{config.num_labels}")
+        self.distilbert = DistilBertModel(config)
+        self.qa_outputs = nn.Linear(config.dim, config.num_labels)
+        self.dropout = Dropout(config.qa_dropout)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, start_positions: Tensor | None = None,
+                end_positions: Tensor | None = None) -> ModelOutput:
+        x, packing = self.distilbert.encode(input_ids, attention_mask)  # (N, H)
+        return span_logits_and_loss(self.qa_outputs, self.dropout(x), packing, attention_mask, input_ids.shape[1],
+                                    start_positions, end_positions)
+
+
+class DistilBertForMultipleChoice(PreTrainedModel):
+    """Scores each (B, C, T) choice by its first token; the last block computes only those tokens."""
+
+    base_model_prefix = "distilbert"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.distilbert = DistilBertModel(config)
+        self.pre_classifier = nn.Linear(config.dim, config.dim)
+        self.classifier = nn.Linear(config.dim, 1)
+        self.dropout = Dropout(config.seq_classif_dropout)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        num_choices = input_ids.shape[1]
+        first, _ = self.distilbert.encode(*flatten_choices(input_ids, attention_mask), heads_only=True)  # (B*C, H)
+        pooled = nn.functional.relu(self.pre_classifier(first))  # (B*C, H)
+        logits = self.classifier(self.dropout(pooled)).view(-1, num_choices)  # (B, C)
+        loss = None if labels is None else multiple_choice_loss(logits, labels)
         return ModelOutput(loss=loss, logits=logits)

@@ -16,39 +16,67 @@ from ..checkpoint_io import atomic_write
 from .attention import KVCache
 
 GENERATION_CONFIG_FILE = "generation_config.json"
-# The fields generate() implements, with the reference's defaults.
-IMPLEMENTED = {"max_length": 20, "max_new_tokens": None, "do_sample": False, "temperature": 1.0, "top_k": 50,
+# The fields generate() implements, with the reference's defaults (max_length None: 20 new tokens).
+IMPLEMENTED = {"max_length": None, "max_new_tokens": None, "do_sample": False, "temperature": 1.0, "top_k": 50,
                "top_p": 1.0, "eos_token_id": None, "pad_token_id": None, "bos_token_id": None}
 # Fields that change no output of generate() here.
 INERT = {"transformers_version", "_from_model_config", "use_cache", "return_dict_in_generate", "output_scores",
-         "output_attentions", "output_hidden_states", "min_p"}
+         "output_logits", "output_attentions", "output_hidden_states", "cache_implementation", "cache_config",
+         "compile_config", "disable_compile", "low_memory", "return_legacy_cache", "prefill_chunk_size",
+         "decoder_start_token_id", "is_assistant", "num_assistant_tokens", "num_assistant_tokens_schedule",
+         "assistant_confidence_threshold", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+         "assistant_early_exit", "assistant_lookbehind", "target_lookbehind", "generation_kwargs",
+         "trust_remote_code"}
 # Fields we do not implement, with the value that means "off": any other value is refused by name.
 OFF = {"num_beams": 1, "num_beam_groups": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
        "min_length": 0, "min_new_tokens": None, "length_penalty": 1.0, "num_return_sequences": 1,
-       "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "diversity_penalty": 0.0,
+       "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "diversity_penalty": 0.0, "min_p": None,
        "bad_words_ids": None, "forced_bos_token_id": None, "forced_eos_token_id": None, "suppress_tokens": None,
        "begin_suppress_tokens": None, "encoder_repetition_penalty": 1.0, "penalty_alpha": None,
-       "renormalize_logits": False, "stop_strings": None, "assistant_model": None}
+       "renormalize_logits": False, "stop_strings": None, "assistant_model": None, "sequence_bias": None,
+       "exponential_decay_length_penalty": None, "guidance_scale": None, "max_time": None, "constraints": None,
+       "force_words_ids": None, "dola_layers": None, "token_healing": False, "top_h": None,
+       "watermarking_config": None, "remove_invalid_values": False, "early_stopping": False,
+       "encoder_no_repeat_ngram_size": 0}
+NEW_TOKENS_BY_DEFAULT = 20  # the reference's default when neither max_new_tokens nor max_length is set
 
 
 class GenerationConfig:
-    """generation_config.json as an object. Keys it does not know are kept and written back."""
+    """generation_config.json as an object. Only the values that were set are kept and written back (the reference
+    tells set values from defaults: a written default would change its behaviour on our folders); unset fields read
+    as the reference's defaults."""
 
     def __init__(self, **values):
-        self.__dict__.update({**IMPLEMENTED, **values})
+        self.__dict__["_values"] = dict(values)
+
+    def __getattr__(self, name):
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            return values[name]
+        if name in IMPLEMENTED:
+            return IMPLEMENTED[name]
+        if name in OFF:
+            return OFF[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        self._values[name] = value
 
     @classmethod
     def from_pretrained(cls, folder) -> GenerationConfig:
         path = Path(folder) / GENERATION_CONFIG_FILE
         try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not a valid generation config ({e})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} is not a valid generation config (not a JSON object)")
+        return cls(**values)
 
     @classmethod
     def from_model_config(cls, config) -> GenerationConfig:
-        return cls(**{k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
-                   _from_model_config=True)
+        values = {k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        return cls(**{k: v for k, v in values.items() if v is not None}, _from_model_config=True)
 
     @classmethod
     def for_model(cls, folder, config) -> GenerationConfig:
@@ -58,21 +86,26 @@ class GenerationConfig:
         return cls.from_model_config(config)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dict(self._values)
 
     def save_pretrained(self, folder) -> None:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         atomic_write(Path(folder) / GENERATION_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def updated(self, **overrides) -> GenerationConfig:
-        unknown = sorted(set(overrides) - set(IMPLEMENTED) - set(OFF) - INERT)
-        if unknown:
-            raise TypeError(f"generate() got argument(s) it does not know: {', '.join(unknown)}")
-        merged = GenerationConfig(**{**self.__dict__, **overrides})
-        for key, off in OFF.items():
-            if getattr(merged, key, off) not in (off, None) or (off is None and getattr(merged, key, None)):
-                raise ValueError(f"generation setting {key}={getattr(merged, key)!r} is not implemented "
-                                 f"(tuneforge generates greedily or by sampling; set {key}={off!r})")
+        """These settings with the caller's; anything that would change the output and is not implemented (from the
+        caller or from the file) is refused by name."""
+        merged = GenerationConfig(**{**self._values, **overrides})
+        for key, value in merged.to_dict().items():
+            if key in IMPLEMENTED or key in INERT:
+                continue
+            if key not in OFF:
+                if value is None:
+                    continue
+                raise ValueError(f"generation setting {key}={value!r} is not known to tuneforge's generate()")
+            if value != OFF[key] and value is not None:
+                raise ValueError(f"generation setting {key}={value!r} is not implemented "
+                                 f"(tuneforge generates greedily or by sampling; set {key}={OFF[key]!r})")
         return merged
 
     def __repr__(self) -> str:
@@ -111,14 +144,28 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, gen
     if g.do_sample and (g.temperature is None or g.temperature <= 0):
         raise ValueError(f"temperature must be > 0 when sampling, got {g.temperature}")
     batch, width = input_ids.shape
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    new = g.max_new_tokens if g.max_new_tokens is not None else g.max_length - width
+    pad_id = g.pad_token_id
+    if attention_mask is not None:
+        mask = attention_mask
+    elif pad_id is not None and pad_id not in _ids(g.eos_token_id) and bool((input_ids == pad_id).any()):
+        mask = input_ids.ne(pad_id).long()  # the reference's rule: padding is never computed on
+    else:
+        mask = torch.ones_like(input_ids)
+    lengths = mask.sum(1)
+    if bool((lengths == 0).any()):
+        raise ValueError(f"prompt row {int((lengths == 0).nonzero()[0])} has no tokens (its attention_mask is all 0)")
+    from .registry import position_limit
+    limit, longest = position_limit(model.config), int(lengths.max())
+    if g.max_new_tokens is not None:
+        new = g.max_new_tokens
+    elif g.max_length is not None:
+        new = g.max_length - width
+    else:
+        new = min(NEW_TOKENS_BY_DEFAULT, limit - longest)
     if new < 1:
         raise ValueError(f"nothing to generate: the prompts are {width} tokens and max_length is {g.max_length}; "
                          "set max_new_tokens")
-    from .registry import position_limit
-    limit, longest = position_limit(model.config), int(mask.sum(1).max())
-    if longest + new > limit:
+    if longest + new - 1 > limit:  # the last new token is never fed back
         raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={new} is more than this model's "
                          f"position limit of {limit} tokens; shorten the prompt or generate fewer tokens")
     eos = torch.tensor(_ids(g.eos_token_id), device=input_ids.device)

@@ -14,7 +14,7 @@ from .attention import KVCache, Packing, attend, trim_padding
 from .base import PreTrainedModel
 from .config import Config
 from .generation import generate
-from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss
+from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss, token_logits_and_loss
 from .layers import Dropout, ModelOutput, activation, check_positions
 from .losses import sequence_classification_loss
 
@@ -118,7 +118,7 @@ class GPT2Model(PreTrainedModel):
                cache: KVCache | None = None) -> tuple[Tensor, Packing]:
         """-> the final-normed packed hidden states (N, H) and the packing."""
         input_ids, attention_mask, position_ids = trim_padding(input_ids, attention_mask, position_ids)
-        packing = Packing.from_mask(attention_mask, input_ids.shape, input_ids.device)
+        packing = Packing.from_positions(attention_mask, position_ids, input_ids.shape, input_ids.device)
         if position_ids is not None:
             positions = packing.pack(position_ids.expand_as(input_ids))
         else:
@@ -176,3 +176,23 @@ class GPT2ForSequenceClassification(PreTrainedModel):
         logits = self.score(x[rows])  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
         return ModelOutput(loss=loss, logits=logits)
+
+
+class GPT2ForTokenClassification(PreTrainedModel):
+    """A label per token over the real tokens (packed); each token sees only those before it."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        # The reference's rule: classifier_dropout, else hidden_dropout, else 0.1.
+        drop = next((v for v in (getattr(config, "classifier_dropout", None), getattr(config, "hidden_dropout", None))
+                     if v is not None), 0.1)
+        self.dropout = Dropout(drop)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels, bias=True)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        x, packing = self.transformer.encode(input_ids, attention_mask, position_ids)  # (N, H)
+        return token_logits_and_loss(self.classifier, self.dropout(x), packing, input_ids.shape[1], labels)

@@ -16,8 +16,8 @@ from .attention import KVCache, Packing, attend, trim_padding
 from .base import PreTrainedModel
 from .config import Config
 from .generation import generate
-from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss
-from .layers import ModelOutput, RMSNorm, Rotary, activation, apply_rotary, check_positions
+from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss, token_logits_and_loss
+from .layers import Dropout, ModelOutput, RMSNorm, Rotary, activation, apply_rotary, check_positions
 from .losses import sequence_classification_loss
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -44,6 +44,16 @@ def rope_parameters(c: Config) -> tuple[float, dict]:
     if "type" in params and "rope_type" not in params:
         params["rope_type"] = params.pop("type")
     return float(params.pop("rope_theta", c.rope_theta)), params
+
+
+# Which projections have biases, as the reference builds each family: fixed, or the config field that decides.
+_BIASES = {"llama": ("attention_bias", "attention_bias", "mlp_bias"), "mistral": (False, False, False),
+           "qwen2": (True, False, False), "qwen3": ("attention_bias", "attention_bias", False)}
+
+
+def biases(c: Config) -> tuple[bool, bool, bool]:
+    """(q/k/v, output, MLP) biases."""
+    return tuple(bool(getattr(c, rule)) if isinstance(rule, str) else rule for rule in _BIASES[c.model_type])
 
 
 def layer_windows(c: Config) -> list[int | None]:
@@ -79,11 +89,11 @@ class LlamaAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
         self.head_dim = d = c.head_dim or c.hidden_size // c.num_attention_heads
-        qkv_bias = True if c.model_type == "qwen2" else c.attention_bias
+        qkv_bias, o_bias, _ = biases(c)
         self.q_proj = nn.Linear(c.hidden_size, self.num_heads * d, bias=qkv_bias)
         self.k_proj = nn.Linear(c.hidden_size, self.num_kv_heads * d, bias=qkv_bias)
         self.v_proj = nn.Linear(c.hidden_size, self.num_kv_heads * d, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * d, c.hidden_size, bias=c.attention_bias and c.model_type != "qwen2")
+        self.o_proj = nn.Linear(self.num_heads * d, c.hidden_size, bias=o_bias)
         if c.model_type == "qwen3":  # RMSNorm over each head's query and key, before the rotation
             self.q_norm, self.k_norm = RMSNorm(d, c.rms_norm_eps), RMSNorm(d, c.rms_norm_eps)
         self.window, self.dropout = window, c.attention_dropout
@@ -106,9 +116,10 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, c: Config):
         super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        bias = biases(c)[2]
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=bias)
         self.act = activation(c.hidden_act)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -149,7 +160,7 @@ class LlamaModel(PreTrainedModel):
                cache: KVCache | None = None) -> tuple[Tensor, Packing]:
         """-> the final-normed packed hidden states (N, H) and the packing."""
         input_ids, attention_mask, position_ids = trim_padding(input_ids, attention_mask, position_ids)
-        packing = Packing.from_mask(attention_mask, input_ids.shape, input_ids.device)
+        packing = Packing.from_positions(attention_mask, position_ids, input_ids.shape, input_ids.device)
         if position_ids is not None:
             positions = packing.pack(position_ids.expand_as(input_ids))
         else:
@@ -209,3 +220,23 @@ class LlamaForSequenceClassification(PreTrainedModel):
         logits = self.score(x[rows])  # (B, num_labels)
         loss = None if labels is None else sequence_classification_loss(logits, labels, self.config)
         return ModelOutput(loss=loss, logits=logits)
+
+
+class LlamaForTokenClassification(PreTrainedModel):
+    """A label per token over the real tokens (packed); each token sees only those before it."""
+
+    base_model_prefix = "model"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        # The reference's rule: classifier_dropout, else hidden_dropout, else 0.1.
+        drop = next((v for v in (getattr(config, "classifier_dropout", None), getattr(config, "hidden_dropout", None))
+                     if v is not None), 0.1)
+        self.dropout = Dropout(drop)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=getattr(config, "token_classification_bias", True))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        x, packing = self.model.encode(input_ids, attention_mask, position_ids)  # (N, H)
+        return token_logits_and_loss(self.score, self.dropout(x), packing, input_ids.shape[1], labels)

@@ -10,7 +10,8 @@ from ..checkpoint_io import CheckpointError
 from . import bert, distilbert, gpt2, llama
 from .config import TASK_DEFAULTS, Config
 
-TASKS = ("base", "sequence_classification", "causal_lm")
+TASKS = ("base", "sequence_classification", "causal_lm", "masked_lm", "token_classification", "question_answering",
+         "multiple_choice")
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,16 @@ class FamilySpec:
 
 _BERT_KEYS = dict(renames={"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"},
                   ignored_keys=re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$"))
-_BERT_TASKS = {"base": bert.BertModel, "sequence_classification": bert.BertForSequenceClassification}
-_ROBERTA_TASKS = {"base": bert.RobertaModel, "sequence_classification": bert.RobertaForSequenceClassification}
+_BERT_TASKS = {"base": bert.BertModel, "sequence_classification": bert.BertForSequenceClassification,
+               "masked_lm": bert.BertForMaskedLM,
+               "token_classification": bert.BertForTokenClassification,
+               "question_answering": bert.BertForQuestionAnswering, "multiple_choice": bert.BertForMultipleChoice}
+_ROBERTA_TASKS = {"base": bert.RobertaModel, "sequence_classification": bert.RobertaForSequenceClassification,
+                  "token_classification": bert.RobertaForTokenClassification,
+                  "question_answering": bert.RobertaForQuestionAnswering,
+                  "multiple_choice": bert.RobertaForMultipleChoice}
 _LLAMA_TASKS = {"base": llama.LlamaModel, "sequence_classification": llama.LlamaForSequenceClassification,
-                "causal_lm": llama.LlamaForCausalLM}
+                "causal_lm": llama.LlamaForCausalLM, "token_classification": llama.LlamaForTokenClassification}
 _LLAMA = dict(blocks="layers", input_embeddings="embed_tokens", ignored_keys=re.compile(r"rotary_emb\.inv_freq$"),
               check=llama.check_config)
 
@@ -44,7 +51,10 @@ MODEL_TYPES = {
                               **_BERT_KEYS),
     "distilbert": FamilySpec(distilbert.DISTILBERT_DEFAULTS,
                              {"base": distilbert.DistilBertModel,
-                              "sequence_classification": distilbert.DistilBertForSequenceClassification},
+                              "sequence_classification": distilbert.DistilBertForSequenceClassification,
+                              "token_classification": distilbert.DistilBertForTokenClassification,
+                              "question_answering": distilbert.DistilBertForQuestionAnswering,
+                              "multiple_choice": distilbert.DistilBertForMultipleChoice},
                              "transformer.layer", "embeddings.word_embeddings"),
     "llama": FamilySpec(llama.LLAMA_DEFAULTS, _LLAMA_TASKS, **_LLAMA),
     "mistral": FamilySpec(llama.MISTRAL_DEFAULTS, _LLAMA_TASKS, **_LLAMA),
@@ -52,7 +62,7 @@ MODEL_TYPES = {
     "qwen3": FamilySpec(llama.QWEN3_DEFAULTS, _LLAMA_TASKS, **_LLAMA),
     "gpt2": FamilySpec(gpt2.GPT2_DEFAULTS,
                        {"base": gpt2.GPT2Model, "sequence_classification": gpt2.GPT2ForSequenceClassification,
-                        "causal_lm": gpt2.GPT2LMHeadModel},
+                        "causal_lm": gpt2.GPT2LMHeadModel, "token_classification": gpt2.GPT2ForTokenClassification},
                        "h", "wte", ignored_keys=re.compile(r"(^|\.)attn\.(masked_)?bias$"),
                        position_limit=lambda c: c.n_positions, check=gpt2.check_config),
 }
@@ -83,7 +93,8 @@ def config_from_values(values: dict, source: str, **overrides) -> Config:
     """config.json values with the caller's overrides; an override that is no config field is a TypeError, not
     lost; options the family does not implement are refused, naming them."""
     family = spec(values["model_type"], source)
-    known = values.keys() | family.defaults.keys() | TASK_DEFAULTS.keys() | {"num_labels"}
+    # finetuning_task: the reference's record of the task a config was made for (kept, written back)
+    known = values.keys() | family.defaults.keys() | TASK_DEFAULTS.keys() | {"num_labels", "finetuning_task"}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unexpected argument(s) {', '.join(unknown)}: not a field of this {values['model_type']} "

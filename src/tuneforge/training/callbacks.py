@@ -28,6 +28,7 @@ class TrainerState:
     is_world_process_zero: bool = True
     is_local_process_zero: bool = True
     num_input_tokens_seen: int = 0
+    total_flos: float = 0.0
     # Exact resume: the loss not yet logged and the running total behind train_loss.
     loss_since_log: float = 0.0
     steps_since_log: int = 0
@@ -70,6 +71,7 @@ class TrainerCallback:
     def on_save(self, args, state, control, **kwargs): pass
     def on_log(self, args, state, control, logs=None, **kwargs): pass
     def on_prediction_step(self, args, state, control, **kwargs): pass
+    def on_push_begin(self, args, state, control, **kwargs): pass
 
 
 class CallbackHandler:
@@ -85,6 +87,14 @@ class CallbackHandler:
     def remove_callback(self, callback) -> None:
         self.callbacks = [cb for cb in self.callbacks
                           if not (cb is callback or (isinstance(callback, type) and isinstance(cb, callback)))]
+
+    def pop_callback(self, callback):
+        """Remove and return the callback (an instance, or the first one of a class); None if absent."""
+        for cb in self.callbacks:
+            if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
+                self.callbacks.remove(cb)
+                return cb
+        return None
 
     def call(self, event: str, args, state, control, **kwargs) -> TrainerControl:
         for cb in self.callbacks:
@@ -102,7 +112,8 @@ class ProgressCallback(TrainerCallback):
         self.eval_bar = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        from ..utils.logging import is_progress_bar_enabled
+        if state.is_world_process_zero and is_progress_bar_enabled():
             from tqdm.auto import tqdm
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
                             dynamic_ncols=True)
@@ -112,7 +123,8 @@ class ProgressCallback(TrainerCallback):
             self.bar.update(state.global_step - self.bar.n)
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        if state.is_world_process_zero and eval_dataloader is not None:
+        from ..utils.logging import is_progress_bar_enabled
+        if state.is_world_process_zero and eval_dataloader is not None and is_progress_bar_enabled():
             if self.eval_bar is None:
                 from tqdm.auto import tqdm
                 self.eval_bar = tqdm(total=len(eval_dataloader), desc="eval", leave=self.bar is None,
@@ -162,6 +174,7 @@ class TensorBoardCallback(TrainerCallback):
                            "logging to log.jsonl only")
             return
         self.writer = SummaryWriter(args.logging_dir or str(Path(args.output_dir) / "runs"))
+        self.writer.add_text("args", args.to_json_string())  # names the run (run_name) as the reference does
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.writer is not None and logs:

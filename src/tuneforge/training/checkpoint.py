@@ -92,11 +92,20 @@ def save_model_folder(folder: Path, model, processing_class, args, weights: dict
                  lambda tmp: Path(tmp).write_text(args.to_json_string() + "\n", encoding="utf-8"))
 
 
-def load_checkpoint(folder: Path, *, model, optimizer, scheduler, dist) -> TrainerState:
+def load_model_weights(folder: Path, model, dist) -> None:
+    """A saved folder's weights into the model: for a LoRA model (PeftModel) the adapter and trainable heads its
+    folder holds (the frozen base is not saved), else every weight."""
+    if hasattr(model, "adapter_state_from_folder"):
+        dist.load_model_state_dict(model, model.adapter_state_from_folder(folder), strict=False)
+        return
     from ..checkpoint_io import load_state_dict
+    dist.load_model_state_dict(model, load_state_dict(folder))
+
+
+def load_checkpoint(folder: Path, *, model, optimizer, scheduler, dist) -> TrainerState:
     if not (folder / "optimizer.pt").is_file():
         raise FileNotFoundError(f"{folder} holds only the model (save_only_model=True): it cannot resume training")
-    dist.load_model_state_dict(model, load_state_dict(folder))
+    load_model_weights(folder, model, dist)
     dist.load_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng_file = folder / rng_file_name(dist.rank)

@@ -72,8 +72,8 @@ class Distributed:
         if not self.active:
             return predictions, labels, loss_sum, loss_count
         rows = np.asarray(indices, dtype=np.int64)
-        mine = (rows, None if predictions is None else predictions[rows], None if labels is None else labels[rows],
-                loss_sum, loss_count)
+        take = lambda a: None if a is None else tuple(take(x) for x in a) if isinstance(a, tuple) else a[rows]  # noqa
+        mine = (rows, take(predictions), take(labels), loss_sum, loss_count)
         parts = self.all_gather_object(mine)
         predictions = labels = None
         loss_sum, loss_count = 0.0, 0
@@ -106,14 +106,15 @@ class Distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def load_model_state_dict(self, model: torch.nn.Module, state: dict) -> None:
+    def load_model_state_dict(self, model: torch.nn.Module, state: dict, strict: bool = True) -> None:
+        """strict=False: a part of the model (a LoRA adapter), whose keys the caller checked."""
         if hasattr(model, "with_tied_weights"):  # a saved folder holds a tied tensor once
             state = model.with_tied_weights(state)
         if not self.fsdp:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=strict)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
 
     def optimizer_state_dict(self, model: torch.nn.Module, optimizer) -> dict:
         if not self.fsdp:

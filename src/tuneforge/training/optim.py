@@ -27,6 +27,12 @@ def create_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
         {"params": [p for n, p in params if n in decay], "weight_decay": args.weight_decay},
         {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
     ]
+    if args.optim == "sgd":
+        return torch.optim.SGD(groups, lr=args.learning_rate)
+    if args.optim == "adagrad":
+        return torch.optim.Adagrad(groups, lr=args.learning_rate)
+    if args.optim == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=args.learning_rate)
     # The fused kernel updates every tensor in one pass: the step costs far less on CPU than the for-loop.
     fused = args.optim == "adamw_torch_fused"
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -173,25 +179,121 @@ class EmbeddingRows:
         self.weight.grad = None  # the dense step skips it
 
 
-def lr_lambda(kind: str, warmup: int, total: int):
+def lr_lambda(kind: str, warmup: int, total: int, base_lr: float = 1.0, **kwargs):
+    """The reference's schedule `kind` as a factor of the base learning rate, step by step (its formulas and its
+    keyword arguments: num_cycles, lr_end and power, timescale, min_lr / min_lr_rate)."""
+    known = {"cosine": {"num_cycles"}, "cosine_with_restarts": {"num_cycles"}, "polynomial": {"lr_end", "power"},
+             "inverse_sqrt": {"timescale"}, "cosine_with_min_lr": {"num_cycles", "min_lr", "min_lr_rate"}}
+    if kind not in SCHEDULES:
+        raise ValueError(f"lr_scheduler_type={kind!r} is not supported; use one of {', '.join(SCHEDULES)}")
+    unknown = set(kwargs) - known.get(kind, set())
+    if unknown:
+        raise ValueError(f"lr_scheduler_kwargs {', '.join(sorted(unknown))} do not apply to the {kind!r} schedule"
+                         f"{' (it takes ' + ', '.join(sorted(known[kind])) + ')' if kind in known else ''}")
+    cycles = kwargs.get("num_cycles", 1 if kind == "cosine_with_restarts" else 0.5)
+
+    def warming(step):
+        return step / max(1, warmup)
+
     def linear(step):
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return warming(step) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+    def progress(step):
+        return (step - warmup) / max(1, total - warmup)
 
     def cosine(step):
+        return warming(step) if step < warmup else max(0.0, 0.5 * (1.0 + math.cos(math.pi * cycles * 2.0 *
+                                                                                   progress(step))))
+
+    def restarts(step):
         if step < warmup:
-            return step / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+            return warming(step)
+        if progress(step) >= 1.0:
+            return 0.0
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress(step)) % 1.0))))
 
-    def constant_with_warmup(step):
-        return step / max(1, warmup) if step < warmup else 1.0
+    lr_end, power = kwargs.get("lr_end", 1e-7), kwargs.get("power", 1.0)
+    if kind == "polynomial" and not base_lr > lr_end:
+        raise ValueError(f"lr_end ({lr_end}) must be smaller than initial lr ({base_lr})")
 
-    return {"linear": linear, "cosine": cosine, "constant": lambda step: 1.0,
-            "constant_with_warmup": constant_with_warmup}[kind]
+    def polynomial(step):
+        if step < warmup:
+            return warming(step)
+        if step > total:
+            return lr_end / base_lr
+        remaining = 1 - (step - warmup) / (total - warmup)
+        return ((base_lr - lr_end) * remaining ** power + lr_end) / base_lr
+
+    timescale = kwargs.get("timescale") or (warmup or 10_000)
+
+    def inverse_sqrt(step):
+        return warming(step) if step < warmup else 1.0 / math.sqrt((step + timescale - warmup) / timescale)
+
+    min_lr, min_lr_rate = kwargs.get("min_lr"), kwargs.get("min_lr_rate")
+    if kind == "cosine_with_min_lr":
+        if (min_lr is None) == (min_lr_rate is None):
+            raise ValueError("lr_scheduler_type='cosine_with_min_lr' needs exactly one of min_lr and min_lr_rate in "
+                             "lr_scheduler_kwargs")
+        min_lr_rate = min_lr / base_lr if min_lr is not None else min_lr_rate
+
+    def cosine_min(step):
+        if step < warmup:
+            return warming(step)
+        factor = 0.5 * (1.0 + math.cos(math.pi * cycles * 2.0 * progress(step)))
+        return max(0.0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+    return {"linear": linear, "cosine": cosine, "cosine_with_restarts": restarts, "polynomial": polynomial,
+            "constant": lambda step: 1.0, "constant_with_warmup": lambda step: warming(step) if step < warmup else 1.0,
+            "inverse_sqrt": inverse_sqrt, "cosine_with_min_lr": cosine_min}[kind]
+
+
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt", "cosine_with_min_lr")
+# The reference's other schedules, refused by name.
+NOT_SCHEDULES = ("reduce_lr_on_plateau", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy")
+
+
+def get_scheduler(name, optimizer: torch.optim.Optimizer, num_warmup_steps: int | None = None,
+                  num_training_steps: int | None = None, scheduler_specific_kwargs: dict | None = None):
+    """The reference's get_scheduler: a LambdaLR for the schedule `name`, for native PyTorch loops (call
+    .step() after each optimizer.step())."""
+    name = getattr(name, "value", name)
+    if name in NOT_SCHEDULES:
+        raise ValueError(f"lr_scheduler_type={name!r} is not supported by tuneforge; use one of "
+                         f"{', '.join(SCHEDULES)}")
+    if name not in SCHEDULES:
+        raise ValueError(f"{name!r} is not a valid SchedulerType, please select one of {', '.join(SCHEDULES)}")
+    if name != "constant" and num_warmup_steps is None:
+        raise ValueError(f"{name} requires `num_warmup_steps`, please provide that argument.")
+    if name not in ("constant", "constant_with_warmup", "inverse_sqrt") and num_training_steps is None:
+        raise ValueError(f"{name} requires `num_training_steps`, please provide that argument.")
+    base_lr = optimizer.defaults.get("lr", 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(name, num_warmup_steps or 0, num_training_steps or 0,
+                                                                  base_lr, **(scheduler_specific_kwargs or {})))
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, args, num_training_steps: int):
-    warmup = args.warmup_for(num_training_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler_type, warmup, num_training_steps))
+    return get_scheduler(args.lr_scheduler_type, optimizer, args.warmup_for(num_training_steps), num_training_steps,
+                         args.lr_scheduler_kwargs)
+
+
+# The reference's named schedule functions, for native loops.
+def get_constant_schedule(optimizer, last_epoch: int = -1):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, 0), last_epoch=last_epoch)
+
+
+def get_constant_schedule_with_warmup(optimizer, num_warmup_steps: int, last_epoch: int = -1):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant_with_warmup", num_warmup_steps, 0),
+                                             last_epoch=last_epoch)
+
+
+def get_linear_schedule_with_warmup(optimizer, num_warmup_steps: int, num_training_steps: int, last_epoch: int = -1):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("linear", num_warmup_steps, num_training_steps),
+                                             last_epoch=last_epoch)
+
+
+def get_cosine_schedule_with_warmup(optimizer, num_warmup_steps: int, num_training_steps: int,
+                                    num_cycles: float = 0.5, last_epoch: int = -1):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda("cosine", num_warmup_steps, num_training_steps, num_cycles=num_cycles),
+        last_epoch=last_epoch)

@@ -83,10 +83,18 @@ def reuse_freed_memory():
 class Trainer:
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, model_init=None,
-                 compute_metrics=None, callbacks=None, optimizers=(None, None),
-                 preprocess_logits_for_metrics=None, tokenizer=None):
+                 compute_loss_func=None, compute_metrics=None, callbacks=None, optimizers=(None, None),
+                 optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None, tokenizer=None):
         self.args = args if args is not None else TrainingArguments()
-        set_seed(self.args.seed)
+        if self.args.full_determinism:
+            from ..trainer_utils import enable_full_determinism
+            enable_full_determinism(self.args.seed)
+        else:
+            set_seed(self.args.seed)
+        if self.args.tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.args.tf32
+        if self.args.log_level != "passive" or self.args.log_level_replica != "warning":
+            logger.setLevel(self.args.get_process_log_level())
         if model is None:
             if model_init is None:
                 raise ValueError("Trainer needs a model (or model_init)")
@@ -100,8 +108,16 @@ class Trainer:
         self.data_collator = data_collator
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.compute_metrics = compute_metrics
+        self.compute_loss_func = compute_loss_func
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        if optimizer_cls_and_kwargs is not None and self.optimizer is not None:
+            raise RuntimeError("Passing both `optimizers` and `optimizer_cls_and_kwargs` arguments is incompatible.")
+        # As in the reference: a compute_loss that already normalises over the accumulation window (by
+        # num_items_in_batch) sets this True; None: a per-batch mean, unless compute_loss_func= is given.
+        self.loss_is_scaled_for_ga: bool | None = None
+        self._micro_share = 1.0  # the loop sets each micro-batch's share of its window (see training_step)
         self._embedding_rows: EmbeddingRows | None = None  # set with the optimizer the Trainer creates
         self.state = TrainerState(is_world_process_zero=self.dist.is_main,
                                   is_local_process_zero=self.dist.local_rank == 0)
@@ -111,8 +127,11 @@ class Trainer:
             defaults.append(ProgressCallback)
         if {"tensorboard", "all"} & set(self.args.report_to):
             defaults.append(TensorBoardCallback)
+        _check_integrations(self.args.report_to)
         self.callback_handler = CallbackHandler(defaults + list(callbacks or []), model=self.model,
-                                                processing_class=self.processing_class)
+                                                processing_class=self.processing_class, optimizer=self.optimizer,
+                                                lr_scheduler=self.lr_scheduler, train_dataloader=None,
+                                                eval_dataloader=None)
         self.model_wrapped, self._wrapped = self.model, False
         self._lengths_cache: dict[int, np.ndarray] = {}
         self.control = self.callback_handler.call("on_init_end", self.args, self.state, self.control)
@@ -127,14 +146,33 @@ class Trainer:
     def remove_callback(self, callback) -> None:
         self.callback_handler.remove_callback(callback)
 
+    def pop_callback(self, callback):
+        return self.callback_handler.pop_callback(callback)
+
+    def is_world_process_zero(self) -> bool:
+        return self.dist.is_main
+
+    def is_local_process_zero(self) -> bool:
+        return self.dist.local_rank == 0
+
     # ------------------------------------------------------------------------------------------ data in
 
     def _model_inputs(self) -> set[str] | None:
         """Argument names the model's forward takes; None when it takes **kwargs (then every column is kept)."""
-        params = inspect.signature(self.model.forward).parameters
+        model = getattr(self.model, "get_base_model", lambda: self.model)()  # a LoRA model: the model it wraps
+        params = inspect.signature(model.forward).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return None
         return set(params)
+
+    def _label_names(self) -> list[str]:
+        """The batch keys that are labels (label_ids of predict/evaluate): args.label_names, else by the reference's
+        rule, the model's arguments that name labels ("labels", or start_positions/end_positions for QA)."""
+        if self.args.label_names is not None:
+            return list(self.args.label_names)
+        accepted = self._model_inputs() or {"labels"}
+        names = [n for n in ("start_positions", "end_positions") if n in accepted]
+        return names if len(names) == 2 else ["labels"]
 
     def _rows(self, dataset, name: str) -> RowView:
         if dataset is None:
@@ -183,9 +221,14 @@ class Trainer:
     def _loader(self, rows: RowView, batches: list[list[int]]) -> torch.utils.data.DataLoader:
         # A private generator: creating a loader must not draw from the global RNG, or resuming would shift
         # every later dropout mask.
+        args = self.args
+        workers = {"persistent_workers": args.dataloader_persistent_workers,
+                   "prefetch_factor": args.dataloader_prefetch_factor,
+                   "multiprocessing_context": args.dataloader_multiprocessing_context} if args.dataloader_num_workers else {}
         return torch.utils.data.DataLoader(rows, batch_sampler=batches, collate_fn=self.data_collator,
-                                           num_workers=self.args.dataloader_num_workers,
-                                           generator=torch.Generator().manual_seed(self.args.seed))
+                                           num_workers=args.dataloader_num_workers,
+                                           pin_memory=args.dataloader_pin_memory and self.dist.device.type == "cuda",
+                                           generator=torch.Generator().manual_seed(args.seed), **workers)
 
     def _lengths(self, dataset) -> np.ndarray | None:
         key = id(dataset)
@@ -204,12 +247,61 @@ class Trainer:
         if args.group_by_length:
             lengths = self._lengths(self.train_dataset)
             return length_grouped_batches(lengths, size, seed, epoch, args.dataloader_drop_last)
+        if args.train_sampling_strategy == "sequential":
+            return [list(range(i, min(i + size, n))) for i in range(0, n, size)
+                    if not (args.dataloader_drop_last and i + size > n)]
         return shuffled_batches(n, size, seed, epoch, args.dataloader_drop_last)
+
+    # The reference's dataloader methods. Overridden, the loop iterates what they return (the train loader each
+    # epoch, calling its sampler's set_epoch if it has one, each micro-batch weighted by its examples; evaluation
+    # outputs in the loader's order); left alone, tuneforge's batch orders apply (below).
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """This process's micro-batches of the current epoch (state.epoch), in the global order _epoch_batches
+        gives; a process with no example in a short last batch gets one row (weight 0) to join the all-reduce."""
+        rows = self._rows(self.train_dataset, "train_dataset")
+        batches = self._epoch_batches(int(self.state.epoch or 0), len(rows))
+        return self._loader(rows, [self.dist.shard(b) or b[:1] for b in batches])
+
+    def get_eval_dataloader(self, eval_dataset=None) -> torch.utils.data.DataLoader:
+        if isinstance(eval_dataset, str):  # the reference's name for one of several evaluation sets
+            return self._eval_loader(self.eval_dataset[eval_dataset], "eval_dataset")
+        return self._eval_loader(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
+
+    def get_test_dataloader(self, test_dataset) -> torch.utils.data.DataLoader:
+        return self._eval_loader(test_dataset, "test_dataset")
+
+    def _eval_loader(self, dataset, name: str) -> torch.utils.data.DataLoader:
+        """Batches sorted by length (little padding per batch), this process's share; its batch_sampler (Batches)
+        says which rows each holds, so outputs are written straight into arrays in the input order."""
+        rows = self._rows(dataset, name)
+        lengths = self._lengths(dataset)
+        bs = self.args.per_device_eval_batch_size
+        batches = (sorted_batches(lengths, bs) if lengths is not None
+                   else [list(range(i, min(i + bs, len(rows)))) for i in range(0, len(rows), bs)])
+        mine = batches[self.dist.rank::self.dist.world_size]
+        # Sharded forwards are collective: under FSDP every rank runs as many batches, repeats discarded.
+        rounds = math.ceil(len(batches) / self.dist.world_size) if self.dist.fsdp else len(mine)
+        return self._loader(rows, Batches(mine + [batches[0]] * (rounds - len(mine)), real=len(mine),
+                                          total=len(batches), rows=len(rows)))
 
     # ---------------------------------------------------------------------------------------- the loop
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss of one batch, as the reference computes it: the model's own, or compute_loss_func(outputs,
+        labels, num_items_in_batch=) when given. Training and evaluation both go through here."""
+        labels = None
+        if self.compute_loss_func is not None and "labels" in inputs:
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+        if num_items_in_batch is not None and _takes_num_items(model):
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**inputs)
+        if self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                loss = loss * self.dist.world_size  # normalised over all processes; DDP averages the gradients
+            return (loss, outputs) if return_outputs else loss
         if isinstance(outputs, torch.Tensor):
             loss = outputs
         elif isinstance(outputs, dict):
@@ -221,36 +313,163 @@ class Trainer:
             loss = outputs[0]
         return (loss, outputs) if return_outputs else loss
 
-    def _token_shares(self, micro_batches: list[dict], shares: list[float]) -> list[float]:
-        """For a loss that is a mean over labelled tokens (a language model's), each micro-batch's weight is its share
-        of the labelled tokens of the whole window on all processes, so that accumulation and DDP give the gradient
-        of one big batch, token for token. The model says what counts (count_loss_items); others keep `shares`."""
+    def _token_shares(self, micro_batches: list[dict], shares: list[float], examples: int):
+        """(weights, num_items_in_batch) of an accumulation window. For a loss that is a mean over labelled tokens (a
+        language model's), each micro-batch's weight is its share of the labelled tokens of the whole window on all
+        processes (on this one with average_tokens_across_devices=False), so that accumulation and DDP give the
+        gradient of one big batch, token for token. The model says what counts (count_loss_items); others keep
+        `shares` (of the window's `examples`, which is then num_items_in_batch)."""
         count = getattr(self.model, "count_loss_items", None)
         if count is None or any("labels" not in b for b in micro_batches):
-            return shares
-        tokens = [float(count(b["labels"])) if share else 0.0 for b, share in zip(micro_batches, shares)]
-        total = float(self.dist.mean(torch.tensor(sum(tokens), dtype=torch.float64))) * self.dist.world_size
-        return [t * self.dist.world_size / total if total else 0.0 for t in tokens]
+            return shares, torch.tensor(examples)
+        tokens = [float(count(b["labels"], b.get("attention_mask"))) if share else 0.0
+                  for b, share in zip(micro_batches, shares)]
+        if not self.args.average_tokens_across_devices:
+            return [t / sum(tokens) if sum(tokens) else 0.0 for t in tokens], torch.tensor(int(sum(tokens)))
+        total = float(self.dist.mean(torch.tensor(sum(tokens), dtype=torch.float64, device=self.dist.device)))
+        total *= self.dist.world_size  # (on the device: NCCL reduces only CUDA tensors)
+        return [t * self.dist.world_size / total if total else 0.0 for t in tokens], torch.tensor(round(total))
 
-    def training_step(self, model, micro_batches, shares) -> torch.Tensor:
-        """One optimizer step over an accumulation window. Each micro-batch's mean loss is weighted by its share of
-        the window's examples, so k batches of n give the gradient of one batch of k*n."""
-        window_loss = torch.zeros(())
-        for i, (batch, share) in enumerate(zip(micro_batches, shares)):
-            last = i == len(micro_batches) - 1
-            with self.dist.no_sync(model, skip=not last), self._autocast():
-                loss = self.compute_loss(model, batch)
-                (loss * share).backward()
-            window_loss += loss.detach().float() * share
-        if self.args.max_grad_norm:
-            self._grad_norm = clip_gradients(list(self.model.parameters()), self.args.max_grad_norm, self.optimizer,
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its (detached) contribution to the step's loss.
+
+        A per-batch mean loss is weighted by this micro-batch's share of its accumulation window (its examples, or
+        its labelled tokens for a language model), set by the loop in self._micro_share, so that k batches of n give
+        the gradient of one batch of k*n exactly (the reference divides by the number of batches). A loss already
+        normalised by num_items_in_batch (compute_loss_func=, or loss_is_scaled_for_ga=True) is taken as it is."""
+        if not model.training:
+            model.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        steps = self.args.torch_empty_cache_steps
+        if steps and self.state.global_step % steps == 0 and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        scaled = (self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None
+                  else self.compute_loss_func is not None or _takes_num_items(model))
+        loss = loss if scaled else loss * self._micro_share
+        loss.backward()
+        return loss.detach().float()
+
+    def _count_inputs(self, inputs: dict) -> None:
+        """state.num_input_tokens_seen (include_num_input_tokens_seen) and state.total_flos, as the reference counts
+        them: the main input's tokens (padding too, or not with "non_padding"), 6 x tokens x parameters."""
+        ids = inputs.get("input_ids")
+        if self.args.include_num_input_tokens_seen != "no" and isinstance(ids, torch.Tensor):
+            mask = inputs.get("attention_mask")
+            seen = int(mask.sum()) if self.args.include_num_input_tokens_seen == "non_padding" and \
+                isinstance(mask, torch.Tensor) else ids.numel()
+            self.state.num_input_tokens_seen += round(float(self.dist.mean(torch.tensor(float(seen))))
+                                                      * self.dist.world_size)
+        self.state.total_flos += float(self.floating_point_ops(inputs))
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """The reference's estimate of one forward and backward: 6 x input tokens x non-embedding parameters."""
+        if hasattr(self.model, "floating_point_ops"):
+            return self.model.floating_point_ops(inputs)
+        ids = inputs.get("input_ids")
+        if not isinstance(ids, torch.Tensor):
+            return 0
+        if getattr(self, "_flop_params", None) is None:
+            embeddings = {id(p) for m in self.model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+            self._flop_params = sum(p.numel() for p in self.model.parameters() if id(p) not in embeddings)
+        return 6 * ids.numel() * self._flop_params
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        return self._to_device(inputs)
+
+    def compute_loss_context_manager(self):
+        return self._autocast()
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        return self._autocast()
+
+    # -------------------------------------------------------------------------- optimizer and schedule
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """AdamW (args.optim) with no decay on biases and norms, unless optimizers= or optimizer_cls_and_kwargs=
+        gave one. The default one updates the word embedding's touched rows only (EmbeddingRows) on one CPU
+        process: the same result, a fraction of the step."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        self._embedding_rows = None  # any earlier one belongs to an earlier optimizer
+        if self.optimizer_cls_and_kwargs is not None:
+            cls, kwargs = self.optimizer_cls_and_kwargs
+            decay = self.get_decay_parameter_names(model)
+            params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            self.optimizer = cls([{"params": [p for n, p in params if n in decay], "weight_decay":
+                                   self.args.weight_decay},
+                                  {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}], **kwargs)
+            return self.optimizer
+        self.optimizer = create_optimizer(model, self.args)
+        # Sparse word-embedding gradients: not with DDP or the compiler; on GPUs the dense step is cheap.
+        if self.dist.world_size == 1 and self.dist.device.type == "cpu" and not self.args.torch_compile:
+            self._embedding_rows = EmbeddingRows.attach(self.optimizer, model)
+        return self.optimizer
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        from .optim import decay_parameter_names
+        return sorted(decay_parameter_names(model))
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = create_scheduler(optimizer if optimizer is not None else self.optimizer, self.args,
+                                                 num_training_steps)
+        return self.lr_scheduler
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, schedule, zero: the end of every accumulation window, with the reference's callbacks."""
+        args, state = self.args, self.state
+        if args.max_grad_norm:
+            self._grad_norm = clip_gradients(list(self.model.parameters()), args.max_grad_norm, self.optimizer,
                                              self.dist.fsdp)
+        self.control = self.callback_handler.call("on_pre_optimizer_step", args, state, self.control)
         self.optimizer.step()
+        self.control = self.callback_handler.call("on_optimizer_step", args, state, self.control)
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return window_loss
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
+    def _windows(self, rows: RowView, epoch: int, steps_per_epoch: int, max_steps: int):
+        """This epoch's accumulation windows still to run: (step index, micro-batches, their shares of the window's
+        examples, the window's examples on all processes). From tuneforge's global batch order, or from an
+        overridden get_train_dataloader (then windows of gradient_accumulation_steps batches, in its order)."""
+        accum, state = self.args.gradient_accumulation_steps, self.state
+        first = max(0, state.global_step - epoch * steps_per_epoch)  # windows done before a resume
+        last = max_steps - epoch * steps_per_epoch
+        if type(self).get_train_dataloader is Trainer.get_train_dataloader:
+            batches = self._epoch_batches(epoch, len(rows))
+            windows = [batches[i:i + accum] for i in range(0, len(batches), accum)][first:last]
+            loader = self._loader(rows, [self.dist.shard(b) or b[:1] for w in windows for b in w])
+            self.callback_handler.objects["train_dataloader"] = loader
+            micro = iter(loader)
+            for j, window in enumerate(windows, start=first):
+                total = sum(len(b) for b in window)
+                shares = [len(self.dist.shard(b)) * self.dist.world_size / total for b in window]
+                yield j, [next(micro) for _ in window], shares, total
+            return
+        loader = self._custom_train_loader
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        micro, window = iter(loader), []
+        for j in range(steps_per_epoch):
+            window = [b for _, b in zip(range(accum), micro)]
+            if not window:
+                return
+            if first <= j < last:
+                sizes = [_batch_size(b) for b in window]
+                total = int(self.dist.mean(torch.tensor(float(sum(sizes)))) * self.dist.world_size)
+                yield j, window, [s * self.dist.world_size / total for s in sizes], total
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None,
+              ignore_keys_for_eval: list[str] | None = None) -> TrainOutput:
+        if trial is not None:
+            raise ValueError("train(trial=...) is not supported: tuneforge has no hyperparameter search")
+        self._ignore_keys_for_eval = ignore_keys_for_eval
         with reuse_freed_memory():
             try:
                 return self._train(resume_from_checkpoint)
@@ -269,7 +488,9 @@ class Trainer:
             raise ValueError(f"eval_strategy={args.eval_strategy!r} needs an eval_dataset; pass one to Trainer() "
                              "or set eval_strategy='no'")
         n = len(rows)
-        batches_per_epoch = len(self._epoch_batches(0, n))
+        custom = type(self).get_train_dataloader is not Trainer.get_train_dataloader
+        self._custom_train_loader = self.get_train_dataloader() if custom else None
+        batches_per_epoch = len(self._custom_train_loader) if custom else len(self._epoch_batches(0, n))
         accum = args.gradient_accumulation_steps
         if accum > batches_per_epoch:
             raise ValueError(f"gradient_accumulation_steps={accum} is larger than the {batches_per_epoch} batches "
@@ -281,14 +502,7 @@ class Trainer:
         num_epochs = math.ceil(max_steps / steps_per_epoch)
 
         self._wrap_model()
-        if self.optimizer is None:
-            self.optimizer = create_optimizer(self.model, args)
-            self._embedding_rows = None  # any earlier one belongs to an earlier optimizer
-            # Sparse word-embedding gradients: not with DDP or the compiler; on GPUs the dense step is cheap.
-            if self.dist.world_size == 1 and self.dist.device.type == "cpu" and not args.torch_compile:
-                self._embedding_rows = EmbeddingRows.attach(self.optimizer, self.model)
-        if self.lr_scheduler is None:
-            self.lr_scheduler = create_scheduler(self.optimizer, args, max_steps)
+        self.create_optimizer_and_scheduler(num_training_steps=max_steps)
         self.callback_handler.objects.update(optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
         resume = checkpoint.resolve_resume(args.output_dir, resume_from_checkpoint)
         if resume is not None:
@@ -310,24 +524,25 @@ class Trainer:
         if self._embedding_rows is not None:
             self._embedding_rows.begin()
         for epoch in range(state.global_step // steps_per_epoch, num_epochs):
-            batches = self._epoch_batches(epoch, n)
-            windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
-            first = max(0, state.global_step - epoch * steps_per_epoch)  # windows done before a resume
-            todo = windows[first:max_steps - epoch * steps_per_epoch]
             self.control = self.callback_handler.call("on_epoch_begin", args, state, self.control)
-            # A rank with no examples in a short last batch still runs one (with weight 0) to join the all-reduce.
-            micro = iter(self._loader(rows, [self.dist.shard(b) or b[:1] for w in todo for b in w]))
-            for j, window in enumerate(todo, start=first):
-                self.control = self.callback_handler.call("on_step_begin", args, state, self.control)
-                total = sum(len(b) for b in window)
+            for j, window, shares, total in self._windows(rows, epoch, steps_per_epoch, max_steps):
+                # One optimizer step: the reference's training_step per micro-batch, then _optimizer_step.
                 examples_seen += total
-                shares = [len(self.dist.shard(b)) * self.dist.world_size / total for b in window]
-                micro_batches = [self._to_device(next(micro)) for _ in window]
-                shares = self._token_shares(micro_batches, shares)
-                loss = self.training_step(self.model_wrapped, micro_batches, shares)
+                shares, num_items = self._token_shares(window, shares, total)
+                loss = torch.zeros((), device=self.dist.device)  # (NCCL reduces only CUDA tensors)
+                for i, (inputs, share) in enumerate(zip(window, shares)):
+                    if i == 0:
+                        self.control = self.callback_handler.call("on_step_begin", args, state, self.control)
+                    self._count_inputs(inputs)
+                    self._micro_share, last = share, i == len(window) - 1
+                    with self.dist.no_sync(self.model_wrapped, skip=not last):
+                        loss += self.training_step(self.model_wrapped, inputs, num_items)
+                    if not last:
+                        self.control = self.callback_handler.call("on_substep_end", args, state, self.control)
+                self._optimizer_step()
                 loss = self.dist.mean(loss).item()
                 state.global_step += 1
-                state.epoch = epoch + (j + 1) / len(windows)
+                state.epoch = epoch + (j + 1) / steps_per_epoch
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"the training loss is {loss} at step {state.global_step} (epoch "
                                              f"{state.epoch:.2f}); training stopped. Lower the learning rate or "
@@ -349,8 +564,7 @@ class Trainer:
 
         runtime = time.perf_counter() - start_time
         if args.load_best_model_at_end and state.best_model_checkpoint:
-            from ..checkpoint_io import load_state_dict
-            self.dist.load_model_state_dict(self.model, load_state_dict(Path(state.best_model_checkpoint)))
+            checkpoint.load_model_weights(Path(state.best_model_checkpoint), self.model, self.dist)
             logger.info(f"loaded the best model from {state.best_model_checkpoint} "
                         f"({args.metric_for_best_model}={state.best_metric})")
         steps_done = state.global_step - start_step
@@ -358,7 +572,7 @@ class Trainer:
         metrics = {"train_runtime": round(runtime, 4),
                    "train_samples_per_second": round(examples_seen / runtime, 3),
                    "train_steps_per_second": round(steps_done / runtime, 3),
-                   "train_loss": train_loss, "epoch": state.epoch}
+                   "total_flos": state.total_flos, "train_loss": train_loss, "epoch": state.epoch}
         self.log(metrics)
         if self.dist.is_main:
             checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
@@ -373,7 +587,7 @@ class Trainer:
         if args.logging_strategy == "steps" and (step % state.logging_steps == 0
                                                  or (step == 1 and args.logging_first_step)):
             control.should_log = True
-        if args.eval_strategy == "steps" and step % state.eval_steps == 0:
+        if args.eval_strategy == "steps" and step % state.eval_steps == 0 and step >= args.eval_delay:
             control.should_evaluate = True
         if args.save_strategy == "steps" and step % state.save_steps == 0:
             control.should_save = True
@@ -385,7 +599,7 @@ class Trainer:
     def _schedule_epoch_events(self) -> None:
         args, control = self.args, self.control
         control.should_log |= args.logging_strategy == "epoch"
-        control.should_evaluate |= args.eval_strategy == "epoch"
+        control.should_evaluate |= args.eval_strategy == "epoch" and (self.state.epoch or 0) >= args.eval_delay
         control.should_save |= args.save_strategy == "epoch"
 
     def _log_evaluate_save(self) -> None:
@@ -411,7 +625,7 @@ class Trainer:
 
     def _evaluate_and_track(self) -> bool:
         """Evaluate; record whether metric_for_best_model improved."""
-        metrics = self.evaluate()
+        metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
         name = self.args.metric_for_best_model
         if name is None:
             return False
@@ -450,11 +664,13 @@ class Trainer:
             if not hasattr(self.model, "gradient_checkpointing_enable"):
                 raise ValueError(f"gradient_checkpointing=True but {type(self.model).__name__} has no "
                                  "gradient_checkpointing_enable()")
-            self.model.gradient_checkpointing_enable()
+            self.model.gradient_checkpointing_enable(self.args.gradient_checkpointing_kwargs)
         self.model.to(self.dist.device)
         wrapped = self.dist.wrap(self.model, self.args)
         if self.args.torch_compile:
-            wrapped = torch.compile(wrapped, dynamic=True)  # the packed token count changes every batch
+            # dynamic: the packed token count changes every batch
+            wrapped = torch.compile(wrapped, dynamic=True, backend=self.args.torch_compile_backend or "inductor",
+                                    mode=self.args.torch_compile_mode)
         self.model_wrapped = wrapped
 
     def _to_device(self, batch: dict) -> dict:
@@ -471,67 +687,90 @@ class Trainer:
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):  # several evaluation sets: eval_<name>_<metric>, as in the reference
+            metrics = {}
+            for key, part in dataset.items():
+                metrics.update(self.evaluate(part if eval_dataset is not None else key, ignore_keys,
+                                             f"{metric_key_prefix}_{key}"))
+            return metrics
+        loader = self.get_eval_dataloader(eval_dataset)
         # As in the reference: without compute_metrics nothing reads the logits, so they are not kept.
-        output = self._prediction_loop(dataset, "eval_dataset", metric_key_prefix, self.compute_metrics is None)
+        output = self._prediction_loop(loader, metric_key_prefix, self.compute_metrics is None, ignore_keys)
         self.log(output.metrics)
         self.control = self.callback_handler.call("on_evaluate", self.args, self.state, self.control,
                                                   metrics=output.metrics)
         return output.metrics
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test") -> PredictionOutput:
-        output = self._prediction_loop(test_dataset, "test_dataset", metric_key_prefix)
+        output = self._prediction_loop(self.get_test_dataloader(test_dataset), metric_key_prefix, False, ignore_keys)
         self.control = self.callback_handler.call("on_predict", self.args, self.state, self.control,
                                                   metrics=output.metrics)
         return output
 
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: list[str] | None = None):
+        """(loss, logits, labels) of one evaluation batch. The loss comes from compute_loss, so an overridden loss is
+        the one evaluation reports; logits are the model's outputs other than the loss and `ignore_keys`."""
+        labels = _batch_labels(inputs, self._label_names())
+        with torch.inference_mode(), self.compute_loss_context_manager():
+            if labels is not None:
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss = loss.detach().mean() if isinstance(loss, torch.Tensor) else loss
+            else:
+                loss, outputs = None, model(**inputs)
+        if prediction_loss_only:
+            return loss, None, None
+        if ignore_keys is not None and isinstance(outputs, dict):
+            kept = tuple(v for k, v in outputs.items() if k not in ignore_keys and k != "loss" and v is not None)
+            logits = kept[0] if len(kept) == 1 else (kept or None)
+        else:
+            logits = _loss_and_logits(outputs)[1]
+        return loss, logits, labels
+
     @reuse_freed_memory()
-    def _prediction_loop(self, dataset, name: str, prefix: str, loss_only: bool = False) -> PredictionOutput:
-        """Batches sorted by length (little padding per batch); outputs written straight into arrays in the input
-        order, so memory holds the predictions and nothing else grows across steps."""
-        rows = self._rows(dataset, name)
+    def _prediction_loop(self, loader, prefix: str, loss_only: bool = False, ignore_keys=None) -> PredictionOutput:
+        """Outputs written straight into arrays in the input order (so memory holds the predictions and nothing else
+        grows across steps); the rows of each batch are the loader's Batches, or in the loader's order."""
         count = getattr(self.model, "count_loss_items", None)
         self._wrap_model()
         # Inference needs no gradient sync: the bare model (compiled if asked) avoids DDP's collectives, so ranks
         # with fewer batches do not wait on each other.
         model = self.model_wrapped if self.args.torch_compile and not self.dist.active else self.model
-        lengths = self._lengths(dataset)
-        bs = self.args.per_device_eval_batch_size
-        batches = (sorted_batches(lengths, bs) if lengths is not None
-                   else [list(range(i, min(i + bs, len(rows)))) for i in range(0, len(rows), bs)])
-        mine = batches[self.dist.rank::self.dist.world_size]
-        # Sharded forwards are collective: under FSDP every rank runs as many batches, repeats discarded.
-        rounds = math.ceil(len(batches) / self.dist.world_size) if self.dist.fsdp else len(mine)
-        repeats = [batches[0]] * (rounds - len(mine))
+        batches = loader.batch_sampler if isinstance(loader.batch_sampler, Batches) else None
+        n = batches.rows if batches is not None else len(loader.dataset)
+        real = batches.real if batches is not None else len(loader)
         predictions = labels = None
-        loss_sum, loss_count = 0.0, 0
+        loss_sum, loss_count, offset, seen = 0.0, 0, 0, []
+        loss_only = self.args.prediction_loss_only or loss_only
         start = time.perf_counter()
         was_training = model.training
         model.eval()
-        loader = self._loader(rows, mine + repeats)
-        with torch.inference_mode(), self._autocast():
-            for k, (indices, batch) in enumerate(zip(mine + repeats, loader)):
-                batch = self._to_device(batch)
-                batch_labels = batch.get("labels")
-                outputs = model(**batch)
-                if k >= len(mine):
+        self.callback_handler.objects["eval_dataloader"] = loader
+        with torch.inference_mode():
+            for k, batch in enumerate(loader):
+                batch = self._prepare_inputs(batch)
+                loss, logits, batch_labels = self.prediction_step(model, batch, loss_only, ignore_keys=ignore_keys)
+                if k >= real:
                     continue
-                loss, logits = _loss_and_logits(outputs)
-                if loss is not None and batch_labels is not None:
+                size = len(batches[k]) if batches is not None else _batch_size(batch)
+                indices = batches[k] if batches is not None else list(range(offset, offset + size))
+                offset += size
+                seen.extend(indices)
+                if loss is not None:
                     # A mean over labelled tokens (a language model's) is weighted by its tokens, else by examples.
-                    weight = count(batch_labels) if count is not None else len(indices)
+                    weight = (count(batch["labels"], batch.get("attention_mask")) if count is not None
+                              and "labels" in batch else size)
                     loss_sum += float(loss) * weight
                     loss_count += weight
-                if logits is not None and not (self.args.prediction_loss_only or loss_only):
+                if logits is not None:
                     if self.preprocess_logits_for_metrics is not None:
                         logits = self.preprocess_logits_for_metrics(logits, batch_labels)
-                    predictions = store_rows(predictions, indices, logits.float().cpu().numpy(), len(rows))
-                if batch_labels is not None and isinstance(batch_labels, torch.Tensor):
-                    labels = store_rows(labels, indices, batch_labels.cpu().numpy(), len(rows))
-                self.control = self.callback_handler.call("on_prediction_step", self.args, self.state,
-                                                          self.control, eval_dataloader=loader)
+                    predictions = store_rows(predictions, indices, _to_numpy(logits), n)
+                if batch_labels is not None:
+                    labels = store_rows(labels, indices, _to_numpy(batch_labels), n)
+                self.control = self.callback_handler.call("on_prediction_step", self.args, self.state, self.control)
         model.train(was_training)
         predictions, labels, loss_sum, loss_count = self.dist.gather_predictions(
-            predictions, labels, loss_sum, loss_count, [i for b in mine for i in b], len(rows))
+            predictions, labels, loss_sum, loss_count, seen, n)
         runtime = time.perf_counter() - start
         metrics: dict[str, Any] = {}
         if self.compute_metrics is not None and predictions is not None and labels is not None:
@@ -540,17 +779,22 @@ class Trainer:
             metrics["loss"] = loss_sum / loss_count
         metrics = {(k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"): _plain(v) for k, v in metrics.items()}
         metrics[f"{prefix}_runtime"] = round(runtime, 4)
-        metrics[f"{prefix}_samples_per_second"] = round(len(rows) / runtime, 3)
-        metrics[f"{prefix}_steps_per_second"] = round(len(batches) / runtime, 3)
+        metrics[f"{prefix}_samples_per_second"] = round(n / runtime, 3)
+        metrics[f"{prefix}_steps_per_second"] = round((batches.total if batches is not None else real) / runtime, 3)
         if self.state.epoch:
             metrics["epoch"] = self.state.epoch
         return PredictionOutput(predictions, labels, metrics)
 
     # ------------------------------------------------------------------------------------------ outputs
 
-    def log(self, logs: dict[str, float]) -> None:
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen != "no":
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+            if start_time is not None:
+                runtime = time.perf_counter() - start_time
+                logs["train_tokens_per_second"] = round(self.state.num_input_tokens_seen / runtime, 3)
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.call("on_log", self.args, self.state, self.control, logs=logs)
 
@@ -602,7 +846,8 @@ class Trainer:
             card_fields.setdefault("base_model", card_fields.pop("finetuned_from"))
         card = {"repo_id": repo_id, "base_model": getattr(config, "name_or_path", None),
                 "dataset": dataset_name(self.train_dataset), "log_history": self.state.log_history,
-                "hyperparameters": _hyperparameters(args), "id2label": getattr(config, "id2label", None)}
+                "hyperparameters": _hyperparameters(args), "id2label": getattr(config, "id2label", None),
+                "adapter": hasattr(self.model, "adapter_state_from_folder")}
         card.update(card_fields)
         write_model_card(args.output_dir, **card)
         try:
@@ -614,13 +859,73 @@ class Trainer:
                            original=err.original) from None
 
 
+class Batches(list):
+    """The evaluation batches of a loader tuneforge built (lists of row indices): `real` of them are this
+    process's, the rest repeats that keep FSDP's collectives in step; `total` on all processes; `rows` rows."""
+
+    def __init__(self, batches, *, real: int, total: int, rows: int):
+        super().__init__(batches)
+        self.real, self.total, self.rows = real, total, rows
+
+
+def _batch_size(batch) -> int:
+    """Examples in a collated batch: the first dimension of its first tensor."""
+    values = batch.values() if isinstance(batch, dict) else batch
+    return next((len(v) for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), 0)
+
+
+def _takes_num_items(model) -> bool:
+    """Whether the model's forward takes num_items_in_batch (then its loss is normalised over the window)."""
+    forward = getattr(getattr(model, "module", model), "forward", None)
+    try:
+        return "num_items_in_batch" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_integrations(report_to: list[str]) -> None:
+    """report_to names the reference's integrations: a missing package fails as the reference fails; an
+    installed one is refused, as tuneforge reports to TensorBoard and log.jsonl only."""
+    import importlib.util
+    from .arguments import INTEGRATIONS
+    for name in report_to:
+        if name not in INTEGRATIONS:
+            continue
+        module = INTEGRATIONS[name]
+        try:
+            found = importlib.util.find_spec(module.split(".")[0]) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            cls = {"wandb": "WandbCallback", "mlflow": "MLflowCallback", "comet_ml": "CometCallback",
+                   "clearml": "ClearMLCallback", "neptune": "NeptuneCallback"}.get(name, f"{name} callback")
+            raise RuntimeError(f"{cls} requires {module.split('.')[0]} to be installed. Run `pip install "
+                               f"{module.split('.')[0]}`.")
+        raise ValueError(f"report_to={name!r} is not supported by tuneforge; use 'tensorboard' (or 'none'): the "
+                         "loop also writes output_dir/log.jsonl")
+
+
+def _batch_labels(batch: dict, names: list[str]):
+    """The batch's labels: one tensor, a tuple of them (start and end positions), or None."""
+    found = tuple(batch[n] for n in names if isinstance(batch.get(n), torch.Tensor))
+    return None if not found else found[0] if len(found) == 1 else found
+
+
+def _to_numpy(values):
+    if isinstance(values, (tuple, list)):
+        return tuple(_to_numpy(v) for v in values)
+    return values.float().cpu().numpy() if values.is_floating_point() else values.cpu().numpy()
+
+
 def _loss_and_logits(outputs):
     if isinstance(outputs, torch.Tensor):
         return outputs, None
     if isinstance(outputs, dict):
         logits = outputs.get("logits")
         if logits is None:
-            logits = next((v for k, v in outputs.items() if k != "loss" and isinstance(v, torch.Tensor)), None)
+            # As the reference: every other output (start and end logits for QA), a tuple when more than one.
+            found = tuple(v for k, v in outputs.items() if k != "loss" and isinstance(v, torch.Tensor))
+            logits = None if not found else found[0] if len(found) == 1 else found
         return outputs.get("loss"), logits
     outputs = tuple(outputs)
     return (outputs[0], outputs[1]) if len(outputs) > 1 else (outputs[0], None)
