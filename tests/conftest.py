@@ -6,6 +6,12 @@ import pytest
 
 SST2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
+# The Trainer fits its thread count to the CPUs other processes leave free (training/threads.py), and a thread count
+# changes float rounding: tests that compare runs bit for bit would depend on the machine's load. Fixed here (and in
+# the subprocesses the tests start) at what torch would use; tests of the automatic choice set it themselves.
+os.environ.setdefault("TUNEFORGE_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                   else os.cpu_count() or 1))
+
 
 def _minilm_dir():
     try:

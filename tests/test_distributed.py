@@ -110,15 +110,22 @@ def test_a_killed_worker_ends_the_job_with_a_message(tmp_path):
     assert "SIGKILL" in done.stderr or "Signal 9" in done.stderr, done.stderr[-2000:]
 
 
-def test_resume_under_torchrun_is_exact(tmp_path):
-    """Dropout on, shuffling, accumulation 2: killed right after the checkpoint at step 4, resumed under torchrun,
-    the same losses and bit-identical weights as an uninterrupted torchrun run (each rank resumes its own RNG)."""
+@pytest.fixture(scope="module")
+def full_torchrun_run(tmp_path_factory):
+    """trainer_child.py uninterrupted under torchrun: what the interrupted and resumed runs below must equal."""
     if not TORCHRUN.exists():
         pytest.skip("torchrun not found beside the interpreter")
-    child = str(HERE / "trainer_child.py")
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    done = run(torchrun(child, str(full), "full", "0"), TEST_BATCH="2")
+    full = tmp_path_factory.mktemp("full")
+    done = run(torchrun(str(HERE / "trainer_child.py"), str(full), "full", "0"), TEST_BATCH="2")
     assert done.returncode == 0, done.stderr[-3000:]
+    return full
+
+
+def test_resume_under_torchrun_is_exact(tmp_path, full_torchrun_run):
+    """Dropout on, shuffling, accumulation 2: killed right after the checkpoint at step 4, resumed under torchrun,
+    the same losses and bit-identical weights as an uninterrupted torchrun run (each rank resumes its own RNG)."""
+    child = str(HERE / "trainer_child.py")
+    full, killed = full_torchrun_run, tmp_path / "killed"
     assert run(torchrun(child, str(killed), "kill_after_save", "4"), TEST_BATCH="2").returncode != 0
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-4"]
     done = run(torchrun(child, str(killed), "resume", "0"), TEST_BATCH="2")
@@ -126,4 +133,37 @@ def test_resume_under_torchrun_is_exact(tmp_path):
     expected, got = losses(full), losses(killed)
     assert all(got[s] == expected[s] for s in range(5, 13))
     a, b = load_file(full / "result" / "model.safetensors"), load_file(killed / "result" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step(tmp_path, full_torchrun_run):
+    """SIGTERM to rank 1 only, mid-run: the ranks agree on the step (an all-reduced flag), rank 0 writes the
+    checkpoint with both ranks' RNG states and says where it is; resumed under torchrun, the run ends bit for bit
+    as the uninterrupted one."""
+    import signal
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(torchrun(str(HERE / "trainer_child.py"), str(stopped), "report_progress", "0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "TEST_BATCH": "2"})
+    progress, deadline = Path(f"{stopped}.progress-1"), time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        parts = progress.read_text().split() if progress.exists() else []
+        if len(parts) == 2 and int(parts[1]) >= 5:
+            os.kill(int(parts[0]), signal.SIGTERM)
+            break
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    found = sorted(int(p.name.split("-")[1]) for p in stopped.glob("checkpoint-*"))
+    assert found and found[0] == 4 and 5 <= found[-1] <= 7, (found, err[-3000:])
+    step = found[-1]
+    assert f"training stopped by SIGTERM after step {step} of 12" in err, err[-3000:]
+    assert {p.name for p in (stopped / f"checkpoint-{step}").glob("rng_state*")} == {"rng_state.pth",
+                                                                                     "rng_state_1.pth"}
+    assert not (stopped / "result").exists()
+    done = run(torchrun(str(HERE / "trainer_child.py"), str(stopped), "resume", "0"), TEST_BATCH="2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected, got = losses(full_torchrun_run), losses(stopped)
+    assert all(got[s] == expected[s] for s in range(step + 1, 13))
+    a, b = load_file(full_torchrun_run / "result" / "model.safetensors"), load_file(stopped / "result" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -276,14 +276,14 @@ def test_sft_trains_in_bf16_and_with_checkpointing(smol_tokenizer, tmp_path):
     for bf16, checkpointing in ((False, False), (True, True)):
         model = sft_model(smol_tokenizer)
         args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=6, max_length=64,
-                         packing=True, bf16=bf16, gradient_checkpointing=checkpointing, learning_rate=3e-3,
+                         packing=True, bf16=bf16, gradient_checkpointing=checkpointing, learning_rate=3e-2,
                          logging_steps=1, save_strategy="no", disable_tqdm=True, eval_strategy="no")
         trainer = SFTTrainer(model=model, args=args, train_dataset=alpaca_like(), eval_dataset=alpaca_like(8, 1),
                              processing_class=smol_tokenizer)
         before = trainer.evaluate()["eval_loss"]
         trainer.train()
         after = trainer.evaluate()["eval_loss"]
-        assert after < before - 0.5, (bf16, before, after)
+        assert after < before - 1.0, (bf16, before, after)
         losses_by_setting[bf16] = after
     assert losses_by_setting[True] == pytest.approx(losses_by_setting[False], abs=0.1)
 
@@ -326,3 +326,49 @@ def test_bert_masked_lm_equals_the_reference_and_saves_its_keys(tmp_path):
     ours.save_pretrained(tmp_path / "ours")
     back = transformers.BertForMaskedLM.from_pretrained(tmp_path / "ours")
     torch.testing.assert_close(back(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+
+# ------------------------------------------------------------------ resume and processes, with packing
+
+HERE = Path(__file__).parent
+
+
+def run_child(*cmd, **env):
+    import os
+    import subprocess
+    return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, cwd=HERE,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), **env})
+
+
+def test_sft_with_packing_resumes_exactly_after_sigkill(tmp_path):
+    import sys
+    from safetensors.torch import load_file
+    child = [sys.executable, HERE / "sft_child.py"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert (done := run_child(*child, full, "full", 4)).returncode == 0, done.stderr[-3000:]
+    assert (died := run_child(*child, killed, "kill_after_save", 4)).returncode == -9, died.stderr[-3000:]
+    assert (resumed := run_child(*child, killed, "resume", 4)).returncode == 0, resumed.stderr[-3000:]
+    a, b = load_file(full / "result" / "model.safetensors"), load_file(killed / "result" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_sft_with_packing_two_torchrun_workers_equal_one_process(tmp_path):
+    import sys
+    from safetensors.torch import load_file
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found beside the interpreter")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_child(sys.executable, HERE / "sft_child.py", one, "full", 4, TEST_DROPOUT="0")
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_child(torchrun, "--standalone", "--nproc_per_node", "2", HERE / "sft_child.py", two, "full", 2,
+                    TEST_DROPOUT="0")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = load_file(one / "result" / "model.safetensors"), load_file(two / "result" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    logs = [[e for e in json.loads((f / "result" / "log_history.json").read_text()) if "loss" in e] for f in (one, two)]
+    assert [e["loss"] for e in logs[1]] == pytest.approx([e["loss"] for e in logs[0]], abs=1e-4)
+    assert [e["num_tokens"] for e in logs[1]] == [e["num_tokens"] for e in logs[0]]
+    evals = [json.loads((f / "result" / "eval.json").read_text())["eval_loss"] for f in (one, two)]
+    assert evals[1] == pytest.approx(evals[0], abs=1e-5)

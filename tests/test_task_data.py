@@ -165,7 +165,7 @@ def test_prediction_streams_token_logits_into_one_preallocated_array(tmp_path):
         n = lengths[i]
         assert (output.label_ids[i, :n] == rows[i]["labels"]).all() and (output.label_ids[i, n:] == -100).all()
         beyond = output.predictions[i, n:]  # padding of its batch (never computed: 0) or of the set (-100)
-        assert np.isin(beyond, (0.0, -100.0)).all() and (beyond[lengths[i:i + 1].max() - n + 1:] != 1).all()
+        assert np.isin(beyond, (0.0, -100.0)).all()
     outputs = output.predictions.nbytes + output.label_ids.nbytes
     one_batch = 1000 * 23 * (5 * 4 + 8) * 4  # a batch's logits/labels and their float copies, generously
     assert peak < outputs + one_batch, (peak, outputs)

@@ -1,9 +1,11 @@
 """A training run in its own process, for the resume tests: it can SIGKILL itself right after a checkpoint or
-in the middle of writing one. Writes final weights and log history to OUTPUT/result/."""
+in the middle of writing one, or report its progress for a test that sends it SIGTERM (report_progress). Writes final weights and log
+history to OUTPUT/result/."""
 import json
 import os
 import signal
 import sys
+import time
 
 import torch
 
@@ -69,8 +71,26 @@ def kill_while_saving(step):
     torch.save = save
 
 
+class Progress(TrainerCallback):
+    """For a test that signals this process from outside: OUTPUT.progress-RANK holds 'pid step' at each step's start;
+    each step sleeps a little so that a signal sent on seeing step k lands inside step k or the next."""
+
+    def __init__(self, output_dir):
+        self.path = f"{output_dir}.progress-{os.environ.get('RANK', '0')}"
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        with open(self.path + ".tmp", "w") as f:
+            f.write(f"{os.getpid()} {state.global_step}")
+        os.replace(self.path + ".tmp", self.path)
+        time.sleep(float(os.environ.get("TEST_STEP_SLEEP", "0.05")))
+
+
 def main(output_dir, mode, step):
+    # A thread count changes float rounding: fixed, so that runs compare bit for bit whatever the machine's load.
+    os.environ.setdefault("TUNEFORGE_NUM_THREADS", "1")
     callbacks = []
+    if mode == "report_progress":
+        callbacks.append(Progress(output_dir))
     if mode == "kill_after_save":
         callbacks.append(KillAfterSave(step))
     elif mode == "kill_while_saving":
@@ -95,5 +115,34 @@ def main(output_dir, mode, step):
         json.dump(trainer.state.log_history, f)
 
 
+def serve():
+    """`trainer_child.py serve`: each stdin line 'OUTPUT MODE STEP' runs in a process forked from this one, so many
+    short runs pay for the imports once. Replies with the run's pid, then its exit status; its stderr goes to
+    OUTPUT.stderr. Nothing here has run torch yet, so no thread pool is forked half-way."""
+    for line in sys.stdin:
+        output_dir, mode, step = line.split()
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(f"{output_dir}.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 2)
+            code = 1
+            try:
+                main(output_dir, mode, int(step))
+                code = 0
+            except SystemExit as e:  # what an uncaught one would make the exit status
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        print(pid, flush=True)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1:] == ["serve"]:
+        serve()
+    else:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

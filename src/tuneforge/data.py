@@ -424,10 +424,13 @@ def store_rows(array, indices, values, rows: int):
         return tuple(store_rows(a, indices, v, rows) for a, v in zip(array, values))
     if array is None:
         array = np.full((rows, *values.shape[1:]), -100, dtype=values.dtype)
-    if values.ndim > 1 and values.shape[1] != array.shape[1]:
-        width = max(values.shape[1], array.shape[1])
-        grow = lambda a: np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2),  # noqa: E731
-                                constant_values=-100)
-        array, values = grow(array), grow(values)
-    array[indices] = values
+    if values.ndim > 1 and values.shape[1] > array.shape[1]:
+        # Only a wider batch copies the array (batches come longest first, so normally never); a narrower one is
+        # written into place: the array is -100 beyond it already.
+        array = np.pad(array, [(0, 0), (0, values.shape[1] - array.shape[1])] + [(0, 0)] * (array.ndim - 2),
+                       constant_values=-100)
+    if values.ndim > 1:
+        array[indices, :values.shape[1]] = values
+    else:
+        array[indices] = values
     return array

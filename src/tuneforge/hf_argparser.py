@@ -39,10 +39,13 @@ def _narrow(name: str, tp):
             raise ValueError(f"Only `Union[X, NoneType]` (i.e., `Optional[X]`) is allowed for `Union` because the "
                              f"argument parser only supports one type per argument. Problem encountered in field "
                              f"'{name}'.")
-        if type(None) not in members:
-            tp = members[0] if members[1] is str else members[1]
-        elif bool not in members:
-            tp = members[0] if isinstance(None, members[1]) else members[1]
+        real = [m for m in members if m is not type(None)]
+        if len(real) == 1:
+            tp = real[0]
+        elif len(real) == 2 and type(None) not in members:
+            tp = real[0] if real[1] is str else real[1]  # e.g. report_to: str | list[str] -> list[str]
+        else:
+            tp = str
     return tp
 
 

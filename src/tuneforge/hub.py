@@ -661,6 +661,9 @@ def write_model_card(
     hyperparameters=None,
     id2label=None,
     adapter: bool = False,
+    language=None,
+    license: str | None = None,
+    tags=None,
 ) -> Path:
     """Write ``folder/README.md``: YAML front matter (library_name, base_model, tags, datasets) and sections
     for the description, label names, evaluation results (one table row per evaluation in ``log_history``),
@@ -675,9 +678,15 @@ def write_model_card(
     meta: dict[str, Any] = {"library_name": "tuneforge"}
     if base_is_repo:
         meta["base_model"] = str(base_model)
+    extra_tags = tags
     tags = ["tuneforge", "fine-tuned"] + (["peft", "lora"] if adapter else [])
     if id2label:
         tags.append("text-classification")
+    tags += [t for t in ([extra_tags] if isinstance(extra_tags, str) else list(extra_tags or [])) if t not in tags]
+    if language:
+        meta["language"] = language
+    if license:
+        meta["license"] = license
     meta["tags"] = tags
     if datasets:
         meta["datasets"] = datasets

@@ -20,8 +20,9 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __init__(self, dataset, model, batch_size: int = 8, shuffle: bool = True, tokenizer=None, collate_fn=None,
                  collate_fn_args=None, drop_remainder=None, prefetch: bool = True, seed: int | None = None):
-        # prefetch: the next batches are collated in a background thread while the model computes.
-        super().__init__(workers=2 if prefetch else 1, use_multiprocessing=False)
+        # prefetch is the reference's tf.data hint; a batch is collated on demand here (well under a millisecond
+        # next to a step): Keras' worker threads (workers > 1) would race the per-epoch reshuffle.
+        super().__init__(workers=1, use_multiprocessing=False)
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise TypeError(f"prepare_tf_dataset() takes a datasets.Dataset (or a list of dicts), not "
                             f"{type(dataset).__name__}")
@@ -51,6 +52,7 @@ class KerasDataset(keras.utils.PyDataset):
         self.drop_remainder = shuffle if drop_remainder is None else drop_remainder
         self.seed = int(np.random.randint(2**31)) if seed is None else seed  # keras.utils.set_random_seed fixes it
         self.epoch = 0
+        self._read_past_first = False
         self._order()
 
     def _order(self) -> None:
@@ -69,6 +71,7 @@ class KerasDataset(keras.utils.PyDataset):
         return len(self.batches)
 
     def __getitem__(self, index: int):
+        self._read_past_first |= index > 0
         indices = self.batches[index]
         if hasattr(self.dataset, "select_columns"):  # one Arrow read for the batch
             block = self.dataset[indices]
@@ -85,8 +88,12 @@ class KerasDataset(keras.utils.PyDataset):
         return x, _array(batch[labels[0]])
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._order()
+        """The next epoch's order. Keras peeks at the first batch (to build its metrics) and then calls this before
+        the first epoch: a peek is no epoch, so epoch 0's order is what the first epoch trains on."""
+        if self._read_past_first or len(self) == 1:
+            self.epoch += 1
+            self._read_past_first = False
+            self._order()
 
     def to_tf_dataset(self):
         """The same batches as a tf.data.Dataset (TensorFlow must be installed): for code that needs one."""

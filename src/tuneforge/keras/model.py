@@ -100,8 +100,6 @@ class TFPreTrainedModel(keras.Model):
             return self._output_spec(inputs["input_ids"])
         if self.torch_model.training != bool(training):
             self.torch_model.train(bool(training))
-        if "labels" in inputs:
-            check_labels(inputs["labels"], self.config, self.task)
         outputs = self.torch_model(**inputs)
         return dict(outputs)
 
@@ -172,6 +170,8 @@ class TFPreTrainedModel(keras.Model):
 
     def _forward(self, x, y, training: bool):
         """The model's outputs; with its own loss and labels, the loss too, from the same forward."""
+        if y is not None:  # here, not in call(): Keras wraps what call() raises in a paragraph of its own
+            check_labels(torch.as_tensor(y), self.config, self.task)
         if self._compile_loss is None and y is not None and self.task != "base":
             x = {**(x if isinstance(x, Mapping) else {"input_ids": x}), "labels": y}
         return self(x, training=training)
@@ -244,7 +244,12 @@ class TFPreTrainedModel(keras.Model):
         return None if step.rows.dense else embedding
 
     def fit(self, *args, **kwargs):
+        """Keras' fit. A prepare_tf_dataset dataset shuffles itself (from its seed, every epoch), as the reference's
+        tf.data does, where Keras ignores fit's shuffle; here too, rather than Keras reordering its batches again."""
         from ..training.trainer import reuse_freed_memory
+        from .data import KerasDataset
+        if isinstance(args[0] if args else kwargs.get("x"), KerasDataset):
+            kwargs["shuffle"] = False
         if self._adam_step is not None:
             self._adam_step.rows = None  # re-read the touched rows from the moments: they may have been loaded
         with reuse_freed_memory():

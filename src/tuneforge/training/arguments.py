@@ -42,7 +42,6 @@ REFUSED = {
     "include_for_metrics": "compute_metrics gets (predictions, label_ids)",
     "batch_eval_metrics": "compute_metrics runs once, on the whole evaluation",
     "save_on_each_node": "checkpoints are written by the main process",
-    "enable_jit_checkpoint": "there is no just-in-time checkpointing",
     "hub_revision": "pushes go to the repo's main branch",
     "ignore_data_skip": "a resumed run always continues the exact batch order",
     "restore_callback_states_from_checkpoint": "callback states are not saved in checkpoints",
@@ -116,6 +115,9 @@ class TrainingArguments:
     use_cpu: bool = False
     ddp_timeout: int = 1800
     fsdp: bool = False
+    # tuneforge's: on SIGTERM/SIGINT, finish the step, save a checkpoint and exit (training/preemption.py). It covers
+    # the reference's enable_jit_checkpoint (saving on SIGTERM), which is accepted and needs it on.
+    save_on_preemption: bool = True
     # The reference's remaining fields, in its order. Implemented ones are read where they act; REFUSED ones raise
     # unless left at their default.
     lr_scheduler_kwargs: dict | str | None = None
@@ -288,6 +290,9 @@ class TrainingArguments:
             self.hub_model_id = os.path.basename(os.path.normpath(self.output_dir))
 
     def _refuse_unimplemented(self) -> None:
+        if self.enable_jit_checkpoint and not self.save_on_preemption:
+            raise ValueError("enable_jit_checkpoint=True saves a checkpoint on SIGTERM, which "
+                             "save_on_preemption=False turns off; leave save_on_preemption at True")
         defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
                     for f in fields(self) if f.name in REFUSED}
         for name, default in defaults.items():

@@ -7,11 +7,11 @@ so a step of two threads on two cores with one competing process took 3-5x as lo
 torch picks its count from the CPU affinity mask alone: it ignores cgroup CPU quotas (a container limited to 2 CPUs
 on a 64-core host gets 64 threads) and other jobs on the same CPUs.
 
-So the Trainer sets the count itself, in one place (`ThreadBudget`, a default callback):
+So the Trainer sets the count itself, in one place (`ThreadBudget`, a callback for the length of train()):
 - allowed CPUs: the affinity mask (`os.sched_getaffinity`), capped by the cgroup quota (v2 cpu.max, v1
   cpu.cfs_quota_us), shared by the processes of this machine under torchrun (LOCAL_WORLD_SIZE);
-- at train begin: that many threads; every few seconds at a step end: the allowed CPUs minus what other processes
-  used of them since the last look (/proc/stat against this process's own CPU time), at least 1;
+- at train begin: that many threads; at a step end 0.5 s later, then every 3 s: the allowed CPUs minus what other
+  processes used of them since the last look (/proc/stat against this process's own CPU time), at least 1;
 - the count torch had before comes back when training ends.
 
 Overrides: TUNEFORGE_NUM_THREADS=N fixes N threads (a thread count changes float rounding, so fix it for runs that
@@ -34,6 +34,7 @@ logger = logging.getLogger("tuneforge")
 
 ENV = "TUNEFORGE_NUM_THREADS"
 CHECK_EVERY_S = 3.0  # long enough for /proc/stat's 10 ms ticks to average out, short against a training run
+FIRST_CHECK_S = 0.5  # the first look comes sooner: a job already running when training starts is seen at once
 _TORCH_DEFAULT = torch.get_num_threads()  # before user code could change it: a different count later is a choice
 
 
@@ -131,11 +132,23 @@ def threads_for(allowed: int, others: float | None) -> int:
 class ThreadBudget(TrainerCallback):
     """The thread count during train(), set at train begin and kept to the CPUs free of other work (module doc)."""
 
-    def __init__(self, local_world_size: int | None = None):
+    def __init__(self, trainer=None, local_world_size: int | None = None):
+        self.handler = trainer.callback_handler if trainer is not None else None
         self.local_world_size = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self.previous: int | None = None
         self.meter: CpuMeter | None = None
         self.next_check = 0.0
+
+    def __enter__(self) -> ThreadBudget:
+        """One of the trainer's callbacks for the train() call; the previous count comes back however it ends."""
+        if self.handler is not None:
+            self.handler.add_callback(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handler is not None:
+            self.handler.remove_callback(self)
+        self.restore()
 
     def fixed(self) -> int | None:
         """The count the user chose, if any (None: auto)."""
@@ -154,7 +167,7 @@ class ThreadBudget(TrainerCallback):
         self.allowed = fixed or allowed_cpus(self.local_world_size)
         self._set(self.allowed)
         self.meter = None if fixed else CpuMeter()
-        self.next_check = time.monotonic() + CHECK_EVERY_S
+        self.next_check = time.monotonic() + FIRST_CHECK_S
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.meter is None or time.monotonic() < self.next_check:

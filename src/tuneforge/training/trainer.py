@@ -22,6 +22,8 @@ from .arguments import TrainingArguments
 from .callbacks import (CallbackHandler, JsonlLogCallback, ProgressCallback, TensorBoardCallback, TrainerControl,
                         TrainerState)
 from .optim import EmbeddingRows, clip_gradients, create_optimizer, create_scheduler
+from .preemption import PreemptionGuard
+from .threads import ThreadBudget
 
 logger = logging.getLogger("tuneforge")
 
@@ -294,13 +296,15 @@ class Trainer:
         if self.compute_loss_func is not None and "labels" in inputs:
             inputs = dict(inputs)
             labels = inputs.pop("labels")
-        if num_items_in_batch is not None and _takes_num_items(model):
+        takes_num_items = num_items_in_batch is not None and _takes_num_items(model)
+        if takes_num_items:
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**inputs)
+        # A loss normalised over the items of all processes is scaled back up: DDP averages the gradients.
+        across = self.dist.world_size if num_items_in_batch is not None and \
+            self.args.average_tokens_across_devices else 1
         if self.compute_loss_func is not None:
-            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
-            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-                loss = loss * self.dist.world_size  # normalised over all processes; DDP averages the gradients
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch) * across
             return (loss, outputs) if return_outputs else loss
         if isinstance(outputs, torch.Tensor):
             loss = outputs
@@ -311,6 +315,8 @@ class Trainer:
             loss = outputs["loss"]
         else:
             loss = outputs[0]
+        if takes_num_items:
+            loss = loss * across
         return (loss, outputs) if return_outputs else loss
 
     def _token_shares(self, micro_batches: list[dict], shares: list[float], examples: int):
@@ -470,7 +476,7 @@ class Trainer:
         if trial is not None:
             raise ValueError("train(trial=...) is not supported: tuneforge has no hyperparameter search")
         self._ignore_keys_for_eval = ignore_keys_for_eval
-        with reuse_freed_memory():
+        with reuse_freed_memory(), ThreadBudget(self), PreemptionGuard(self) as self._preemption:
             try:
                 return self._train(resume_from_checkpoint)
             finally:
@@ -553,6 +559,8 @@ class Trainer:
                 self.control = self.callback_handler.call("on_step_end", args, state, self.control)
                 self._schedule_step_events(max_steps)
                 self._log_evaluate_save()
+                if signum := self._preemption.requested(self.dist):  # SIGTERM/SIGINT: save, then stop (all ranks)
+                    self._preemption.stop(self, signum)
                 if self.control.should_training_stop or self.control.should_epoch_stop:
                     break
             self.control.should_epoch_stop = False
@@ -800,10 +808,52 @@ class Trainer:
 
     def save_model(self, output_dir: str | None = None) -> None:
         weights = self.dist.model_state_dict(self.model)  # collective under FSDP
-        if self.dist.is_main:
-            checkpoint.save_model_folder(Path(output_dir or self.args.output_dir), self.model,
-                                         self.processing_class, self.args, weights)
-        self.dist.barrier()
+        checkpoint.save_model_safely(Path(output_dir or self.args.output_dir), self.model, self.processing_class,
+                                     self.args, weights, self.dist)  # all ranks: it ends like a barrier
+
+    def log_metrics(self, split: str, metrics: dict) -> None:
+        """Print the metrics as the reference does: a header, then one aligned `key = value` line each."""
+        if not self.is_world_process_zero():
+            return
+        print(f"***** {split} metrics *****")
+        shown = {k: (str(__import__("datetime").timedelta(seconds=int(v))) if "_runtime" in k else
+                     f"{int(v) >> 30}GF" if k == "total_flos" else round(v, 4) if isinstance(v, float) else v)
+                 for k, v in metrics.items()}
+        k_width, v_width = max(len(str(k)) for k in shown), max(len(str(v)) for v in shown.values())
+        for key in sorted(shown):
+            print(f"  {key: <{k_width}} = {shown[key]:>{v_width}}")
+
+    def save_metrics(self, split: str, metrics: dict, combined: bool = True) -> None:
+        """output_dir/{split}_results.json, and (combined) the metrics merged into all_results.json."""
+        if not self.is_world_process_zero():
+            return
+        import json
+        out = Path(self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{split}_results.json").write_text(json.dumps(metrics, indent=4, sort_keys=True), encoding="utf-8")
+        if combined:
+            path = out / "all_results.json"
+            merged = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            merged.update(metrics)
+            path.write_text(json.dumps(merged, indent=4, sort_keys=True), encoding="utf-8")
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> None:
+        """output_dir/README.md (hub.write_model_card): the reference's fields; tasks join the tags, dataset_tags
+        (else dataset) name the datasets, dataset_args their configuration."""
+        if not self.is_world_process_zero():
+            return
+        from ..hub import dataset_name, write_model_card
+        config = getattr(self.model, "config", None)
+        as_list = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
+        datasets = as_list(dataset_tags) or as_list(dataset) or as_list(dataset_name(self.train_dataset))
+        if dataset_args:
+            datasets = [f"{d} ({a})" for d, a in zip(datasets, as_list(dataset_args) * len(datasets))]
+        write_model_card(self.args.output_dir, repo_id=model_name or self.args.hub_model_id,
+                         base_model=finetuned_from or getattr(config, "name_or_path", None), dataset=datasets,
+                         log_history=self.state.log_history, hyperparameters=_hyperparameters(self.args),
+                         id2label=getattr(config, "id2label", None), language=language, license=license,
+                         tags=as_list(tags) + as_list(tasks))
 
     def save_state(self) -> None:
         if self.dist.is_main:
@@ -835,6 +885,7 @@ class Trainer:
         naming the hub, the repo and that local copy, and never the token. Returns the commit URL (None on
         processes other than the main one)."""
         self.save_model()  # on every process: it ends with a barrier
+        self.callback_handler.call("on_push_begin", self.args, self.state, self.control)
         if not self.dist.is_main:
             return None
         from ..hub import HubError, dataset_name, model_files, push_files, write_model_card
