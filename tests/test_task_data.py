@@ -1,6 +1,5 @@
 """The task recipes' data side: tokenizer features (word_ids, offsets, overflow windows) identical to the reference on
 real CoNLL sentences and SQuAD contexts, the collators, QA pre/post-processing, and prediction that streams."""
-import json
 import tracemalloc
 from pathlib import Path
 

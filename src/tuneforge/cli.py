@@ -102,7 +102,10 @@ def is_user_mistake(error: BaseException) -> bool:
     from .chat_template import ChatTemplateError
     from .checkpoint_io import CheckpointError
     from .hub import HubError
-    if isinstance(error, (UsageError, CheckpointError, HubError, ChatTemplateError, FloatingPointError,
+    from .question_answering import QADataError
+    from .token_classification import TagDataError
+    if isinstance(error, (UsageError, CheckpointError, HubError, ChatTemplateError, QADataError, TagDataError,
+                          FloatingPointError,
                           FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
         return True
     if type(error) is not ValueError or error.__traceback__ is None:
@@ -550,6 +553,8 @@ def cmd_train(opts):
     if opts.task != "text-classification":
         from .cli_tasks import cmd_train_task
         return cmd_train_task(opts)
+    if opts.stride is not None:
+        raise UsageError("--stride is for --task question-answering (windows over long contexts)")
     model_dir = opts.model or str(default_model_dir())
     built_in = opts.train is None
     train_path = Path(opts.train) if opts.train else DEFAULT_TRAIN
@@ -745,6 +750,8 @@ def cmd_evaluate(opts):
     if opts.task != "text-classification":
         from .cli_tasks import cmd_evaluate_task
         return cmd_evaluate_task(opts)
+    if opts.stride is not None:
+        raise UsageError("--stride is for --task question-answering (windows over long contexts)")
     model, tokenizer, dataset = _inference_setup(opts, with_labels=True)
     trainer, output = _predict(model, tokenizer, dataset, opts.batch_size, Scorer())
     return output.metrics if trainer.dist.is_main else None
@@ -754,6 +761,8 @@ def cmd_predict(opts):
     if opts.task != "text-classification":
         from .cli_tasks import cmd_predict_task
         return cmd_predict_task(opts)
+    if opts.stride is not None:
+        raise UsageError("--stride is for --task question-answering (windows over long contexts)")
     model, tokenizer, dataset = _inference_setup(opts, with_labels=False)
     if model.config.num_labels < 2 or model.config.problem_type in ("regression", "multi_label_classification"):
         raise UsageError(f"{opts.model} is not a single-label classifier (num_labels={model.config.num_labels}, "

@@ -138,6 +138,8 @@ def cmd_train_task(opts):
         if getattr(opts, flag, None) is not None:
             raise cli.UsageError(f"--{flag.replace('_', '-')} is for text classification; --task {task} reads "
                                  + ("'tokens' and 'tags'" if task == "token-classification" else "SQuAD JSON"))
+    if task == "token-classification" and opts.stride is not None:
+        raise cli.UsageError("--stride is for --task question-answering (windows over long contexts)")
     values, chosen = cli.training_settings(opts)
     push = values.pop("push_to_hub", False)
     args = TrainingArguments(**values)
@@ -269,6 +271,8 @@ def _report(trainer, output_dir, final, train_metrics, task, settings):
 
 
 def _inference(opts, with_labels: bool):
+    if opts.task == "token-classification" and opts.stride is not None:
+        raise cli.UsageError("--stride is for --task question-answering (windows over long contexts)")
     config = cli.load_config(opts.model)
     tokenizer = AutoTokenizer.from_pretrained(opts.model)
     capacity = cli.model_capacity(config, tokenizer)

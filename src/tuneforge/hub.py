@@ -54,6 +54,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 #: Files fetched by :func:`resolve_folder` unless ``allow_patterns`` says otherwise.
 DEFAULT_ALLOW_PATTERNS = (
     "config.json",
+    "adapter_config.json",  # a LoRA adapter's (its weights: adapter_model.safetensors)
     "*.safetensors",
     "model.safetensors.index.json",
     "pytorch_model.bin",

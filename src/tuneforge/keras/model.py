@@ -130,6 +130,12 @@ class TFPreTrainedModel(keras.Model):
         reason = fused_reason(self.optimizer)
         self._adam_step = KerasAdamStep(self.optimizer) if reason is None else None
 
+    def compile_from_config(self, config) -> None:
+        """Compile settings from a .keras file (Keras skips an overridden compile(); ours takes its arguments)."""
+        from keras.src.saving import serialization_lib
+        self.compile(**serialization_lib.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)  # its variables, for the saved ones to load into
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self._compile_loss is not None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
@@ -281,13 +287,16 @@ class TFPreTrainedModel(keras.Model):
     def get_config(self) -> dict:
         """JSON only: the task and the model's config.json values (safe mode loads it; no pickled module)."""
         return {"name": self.name, "trainable": self.trainable, "task": self.task,
-                "config": {k: v for k, v in self.config.to_dict().items() if k != "name_or_path"}}
+                "config": {k: v for k, v in self.config.to_dict().items() if k != "name_or_path"},
+                "frozen": [n for n, p in self.torch_model.named_parameters() if not p.requires_grad]}
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None):
         config = dict(config)
-        trainable = config.pop("trainable", True)
+        trainable, frozen = config.pop("trainable", True), set(config.pop("frozen", ()))
         model = cls(task=config.pop("task"), config=config.pop("config"), **config)
+        for name, param in model.torch_model.named_parameters():
+            param.requires_grad_(name not in frozen)
         model.trainable = trainable
         return model
 

@@ -327,9 +327,10 @@ class LoraModel(nn.Module):
             chosen = [n for n in linear if _matches(targets, n)]
             entries = [targets] if isinstance(targets, str) else targets
             for entry in entries:
-                hits = [n for n in linear if _matches(entry if isinstance(targets, str) else [entry], n)]
+                pattern = entry if isinstance(targets, str) else [entry]
+                hits = [n for n in linear if _matches(pattern, n)]
                 unsupported = [n for n, m in self.model.named_modules()
-                               if not _is_linear(m) and n and _matches(entry if isinstance(targets, str) else [entry], n)]
+                               if n and not _is_linear(m) and _matches(pattern, n)]
                 if not hits:
                     names = sorted({n.rsplit(".", 1)[-1] for n in linear})
                     also = (f"; {', '.join(unsupported[:3])} matched but LoRA supports only linear layers"

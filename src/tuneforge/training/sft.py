@@ -388,7 +388,8 @@ class SFTTrainer:
     def log(self, logs: dict[str, float]) -> None:
         if "loss" in logs:  # a training log: add TRL's metrics, summed over processes
             dist = self.trainer.dist
-            counts = torch.tensor([self._tokens_seen, self._correct, self._targets], dtype=torch.float64)
+            counts = torch.tensor([self._tokens_seen, self._correct, self._targets], dtype=torch.float64,
+                                  device=dist.device)
             tokens, correct, targets = (dist.mean(counts) * dist.world_size).tolist()
             logs["num_tokens"] = float(tokens)
             logs["mean_token_accuracy"] = correct / targets if targets else 0.0

@@ -77,8 +77,10 @@ def cgroup_cpu_quota(root: str | Path = "/sys/fs/cgroup", self_cgroup: str | Pat
 
 
 def allowed_cpus(local_world_size: int = 1) -> int:
-    """CPUs this process may use: the affinity mask, capped by the cgroup quota, shared among this machine's ranks."""
+    """CPUs this process may use: the affinity mask, capped by the cgroup quota, shared among this machine's ranks;
+    never more than torch's own default (which also leaves out hyperthread siblings)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = min(cpus, _TORCH_DEFAULT)
     quota = cgroup_cpu_quota()
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))
