@@ -606,3 +606,18 @@ def test_hooked_projections_are_seen_by_every_fast_path(model_type, projection, 
         expected = ref(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, attention_mask=mask).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_saved_files_get_a_normal_files_mode(tmp_path):
+    """Atomic writes go through a private temporary file; the saved file must still be readable by the group and
+    others as the umask allows, like any file the user writes."""
+    import os
+    _, folder = reference_model("bert", "base", tmp_path)
+    model = AutoModel.from_pretrained(folder)
+    old = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "saved")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "saved" / name).stat().st_mode & 0o777 == 0o644, name

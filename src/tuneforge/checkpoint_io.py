@@ -136,6 +136,12 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder} has no weights: looked for {', '.join(WEIGHT_FILES)}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> Path:
     """write(tmp_path) then rename over path: a reader never sees half a file."""
     path = Path(path)
@@ -143,6 +149,7 @@ def atomic_write(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600): give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
