@@ -176,7 +176,8 @@ def main():
     print(f"SST-2, packaged MiniLM, batch {a.batch}, 1 epoch, padding={a.padding}, "
           f"{f'{a.threads} threads' if a.threads else 'default threads'}, "
           f"median of {a.rounds} round(s)"
-          f"{f', {a.load} competing CPU-bound process(es)' if a.load else ''}; measured fp32 matmul peak after {libs[0]}'s run "
+          f"{f', {a.load} competing CPU-bound process(es)' if a.load else ''}; "
+          f"measured fp32 matmul peak after {libs[0]}'s run "
           f"{median(r['peak'] for r in first) / 1e9:.0f} GFLOP/s ({gemms})")
     print(f"{'':22}" + "".join(f"{lib:>14}" for lib in libs) + ("      ratio" if len(libs) == 2 else ""))
     rows = [("train samples/s", "train_samples_per_s", "{:.1f}"), ("eval samples/s", "eval_samples_per_s", "{:.1f}"),

@@ -3,14 +3,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SST2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
 # The Trainer fits its thread count to the CPUs other processes leave free (training/threads.py), and a thread count
-# changes float rounding: tests that compare runs bit for bit would depend on the machine's load. Fixed here (and in
-# the subprocesses the tests start) at what torch would use; tests of the automatic choice set it themselves.
-os.environ.setdefault("TUNEFORGE_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                   else os.cpu_count() or 1))
+# changes float rounding: tests that compare runs bit for bit would depend on the machine's load. Fixed here, for
+# this process and the ones it starts, at torch's default (OMP_NUM_THREADS, which subprocess tests set, wins over it);
+# tests of the automatic choice set it themselves.
+os.environ.setdefault("TUNEFORGE_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def _minilm_dir():

@@ -165,5 +165,6 @@ def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step(tmp_path, fu
     assert done.returncode == 0, done.stderr[-3000:]
     expected, got = losses(full_torchrun_run), losses(stopped)
     assert all(got[s] == expected[s] for s in range(step + 1, 13))
-    a, b = load_file(full_torchrun_run / "result" / "model.safetensors"), load_file(stopped / "result" / "model.safetensors")
+    a = load_file(full_torchrun_run / "result" / "model.safetensors")
+    b = load_file(stopped / "result" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

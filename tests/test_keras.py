@@ -92,16 +92,34 @@ def test_import_tuneforge_never_imports_keras_and_the_tf_names_load_it_on_torch(
 
 
 def test_keras_missing_or_on_another_backend_is_one_clear_line():
-    missing = run("import sys; sys.modules['keras'] = None\nimport tuneforge\ntuneforge.TFAutoModel")
-    assert "ImportError: tuneforge's Keras route needs Keras 3: pip install 'tuneforge[keras]'" in missing.stderr
-    # (a stand-in for Keras loaded on JAX: no other backend is installed here)
-    loaded = run("import sys, types\nkeras = types.ModuleType('keras'); keras.__version__ = '3.5.0'\n"
-                 "keras.backend = types.SimpleNamespace(backend=lambda: 'jax'); sys.modules['keras'] = keras\n"
-                 "import tuneforge\ntuneforge.TFAutoModel")
-    assert ("RuntimeError: Keras is already running on the 'jax' backend, and tuneforge's Keras models need the "
-            "torch backend: set KERAS_BACKEND=torch before anything imports keras") in loaded.stderr
-    asked = run("import tuneforge\ntuneforge.TFAutoModel", {"KERAS_BACKEND": "jax"})
-    assert "RuntimeError: KERAS_BACKEND='jax': tuneforge's Keras models run on Keras' torch backend" in asked.stderr
+    # backend.py alone (it imports nothing of tuneforge or torch), in one fresh process for the three cases
+    code = f"""
+import importlib.util, os, sys, types
+spec = importlib.util.spec_from_file_location("backend", {SRC!r} + "/tuneforge/keras/backend.py")
+backend = importlib.util.module_from_spec(spec); spec.loader.exec_module(backend)
+def message(setup):
+    setup()
+    try:
+        backend.load_keras()
+    except Exception as e:
+        print(type(e).__name__ + ": " + str(e))
+    sys.modules.pop("keras", None); os.environ.pop("KERAS_BACKEND", None)
+def jax_keras():  # a stand-in for Keras loaded on JAX: no other backend is installed here
+    keras = types.ModuleType("keras"); keras.__version__ = "3.5.0"
+    keras.backend = types.SimpleNamespace(backend=lambda: "jax"); sys.modules["keras"] = keras
+message(lambda: sys.modules.__setitem__("keras", None))
+message(jax_keras)
+message(lambda: os.environ.__setitem__("KERAS_BACKEND", "jax"))
+"""
+    out = run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "ImportError: tuneforge's Keras route needs Keras 3: pip install 'tuneforge[keras]' (or pip install "
+        "'keras>=3')",
+        "RuntimeError: Keras is already running on the 'jax' backend, and tuneforge's Keras models need the torch "
+        "backend: set KERAS_BACKEND=torch before anything imports keras",
+        "RuntimeError: KERAS_BACKEND='jax': tuneforge's Keras models run on Keras' torch backend; unset "
+        "KERAS_BACKEND or set it to 'torch'"]
 
 
 def test_a_dtype_policy_it_cannot_honour_is_refused():
@@ -502,3 +520,23 @@ def test_guide_keras_code_on_minilm_learns_sst2(minilm_dir, sst2):
     logits = model.predict(test, verbose=0)["logits"]
     accuracy = float((logits.argmax(-1) == np.array(dataset["test"]["label"])).mean())
     assert accuracy > 0.62, accuracy  # chance is about 0.5
+
+
+def test_a_causal_lm_trains_on_its_own_next_token_loss():
+    from tuneforge import AutoConfig, TFAutoModelForCausalLM
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("llama", vocab_size=VOCAB, hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                  max_position_embeddings=32, tie_word_embeddings=True)
+    model = TFAutoModelForCausalLM.from_config(config)
+    x, _ = batch()
+    labels = np.where(x["attention_mask"] > 0, x["input_ids"], -100)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    loss = model.evaluate(x, labels, batch_size=8, verbose=0)
+    model.torch_model.eval()
+    with torch.no_grad():
+        expected = model.torch_model(**{k: torch.as_tensor(v) for k, v in x.items()}, labels=torch.as_tensor(labels))
+    assert loss == pytest.approx(float(expected.loss), rel=1e-5)
+    assert model.predict(x, batch_size=8, verbose=0)["logits"].shape == (8, 10, VOCAB)
+    history = model.fit(x, labels, batch_size=4, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]

@@ -321,6 +321,7 @@ def test_threads_leave_the_cpus_other_processes_use():
 def test_thread_budget_applies_the_override_and_restores_the_count(monkeypatch):
     start = torch.get_num_threads()
     seen = []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv(threads.ENV, "1")
     budget = threads.ThreadBudget()
     budget.on_train_begin(None, None, None)
@@ -330,8 +331,14 @@ def test_thread_budget_applies_the_override_and_restores_the_count(monkeypatch):
     monkeypatch.setenv(threads.ENV, "many")
     with pytest.raises(ValueError, match="TUNEFORGE_NUM_THREADS='many'"):
         threads.ThreadBudget().on_train_begin(None, None, None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torch's own setting is kept as it is
+    monkeypatch.setenv(threads.ENV, "2")
+    budget = threads.ThreadBudget()
+    budget.on_train_begin(None, None, None)
+    assert torch.get_num_threads() == start
+    budget.restore()
+    monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setenv(threads.ENV, "auto")
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 1.0)  # a container allowed one CPU
     budget = threads.ThreadBudget()
     budget.on_train_begin(None, None, None)
@@ -350,3 +357,20 @@ def test_the_cpu_meter_sees_a_competing_process():
         busy.kill()
         busy.wait()
     assert others is not None and others > 0.6, others
+
+
+def test_evaluation_outside_training_fits_its_threads_too(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv(threads.ENV, "auto")
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 1.0)
+    start, seen = torch.get_num_threads(), []
+
+    class Watch(TrainerCallback):
+        def on_prediction_step(self, args, state, control, **kwargs):
+            seen.append(torch.get_num_threads())
+
+    model, _ = make_model("bert")
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), disable_tqdm=True),
+                      eval_dataset=make_data(16), callbacks=[Watch()])
+    trainer.evaluate()
+    assert seen and set(seen) == {1} and torch.get_num_threads() == start

@@ -1,6 +1,6 @@
 """A training run in its own process, for the resume tests: it can SIGKILL itself right after a checkpoint or
-in the middle of writing one, or report its progress for a test that sends it SIGTERM (report_progress). Writes final weights and log
-history to OUTPUT/result/."""
+in the middle of writing one, or report its progress for a test that sends it SIGTERM (report_progress). Writes
+final weights and log history to OUTPUT/result/. `trainer_child.py serve` runs many such runs, forked."""
 import json
 import os
 import signal

@@ -9,10 +9,13 @@ from .models.generation import GenerationConfig
 from .models.config import Config
 from .peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from .tokenizer import AutoTokenizer
+from .pipelines import pipeline  # text/token classification, question answering, text generation (issue 19)
 from .training.arguments import TrainingArguments
 from .training.sft import SFTConfig, SFTTrainer
 from .training.callbacks import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState
 from .training.trainer import EvalPrediction, PredictionOutput, Trainer, TrainOutput, set_seed
+from .training.checkpoint import CheckpointWriteError  # a checkpoint or save_model() that found no room (issue 21)
+from .training.preemption import Preempted  # raised after the checkpoint that SIGTERM/SIGINT asked for (issue 21)
 # The reference's helpers that scripts reach for (issue 20): argument parsing, logging, schedules, checkpoints.
 from . import trainer_utils, utils
 from .hf_argparser import HfArgumentParser

@@ -550,6 +550,10 @@ def read_training_data(opts, train_path: Path, eval_path: Path | None):
 
 
 def cmd_train(opts):
+    from .cli_lm import LM_TASKS, cmd_train_lm, refuse_lm_flags
+    if opts.task in LM_TASKS:
+        return cmd_train_lm(opts)
+    refuse_lm_flags(opts)
     if opts.task != "text-classification":
         from .cli_tasks import cmd_train_task
         return cmd_train_task(opts)
@@ -747,6 +751,10 @@ def _predict(model, tokenizer, dataset, batch_size: int, compute_metrics=None):
 
 
 def cmd_evaluate(opts):
+    from .cli_lm import LM_TASKS, cmd_evaluate_lm, refuse_lm_flags
+    if opts.task in LM_TASKS:
+        return cmd_evaluate_lm(opts)
+    refuse_lm_flags(opts)
     if opts.task != "text-classification":
         from .cli_tasks import cmd_evaluate_task
         return cmd_evaluate_task(opts)
@@ -758,6 +766,9 @@ def cmd_evaluate(opts):
 
 
 def cmd_predict(opts):
+    if opts.task in ("causal-lm", "sft"):
+        raise UsageError(f"predict labels rows; for --task {opts.task} models use `tuneforge generate --model "
+                         f"{opts.model} --file {opts.data}`")
     if opts.task != "text-classification":
         from .cli_tasks import cmd_predict_task
         return cmd_predict_task(opts)
@@ -801,10 +812,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def data_options(p, labels: bool = True):
-        p.add_argument("--task", choices=("text-classification", "token-classification", "question-answering"),
+        p.add_argument("--task", choices=("text-classification", "token-classification", "question-answering",
+                                          "causal-lm", "sft"),
                        default="text-classification",
                        help="text-classification (default); token-classification: CoNLL-style files (token ... tag "
-                       "per line) or JSON/parquet with 'tokens' and 'tags'; question-answering: SQuAD-format JSON")
+                       "per line) or JSON/parquet with 'tokens' and 'tags'; question-answering: SQuAD-format JSON; "
+                       "causal-lm (every token, in blocks of --max-length) or sft (SFTTrainer) for decoders: "
+                       "'text', 'messages' or 'prompt' + 'completion' columns")
         p.add_argument("--stride", type=int, metavar="N", help="question-answering: tokens shared by consecutive "
                        "windows of a long context (default: 128; 0: no windows, a context must fit --max-length)")
         p.add_argument("--text-column", metavar="NAME", help="the text column (default: 'text' or 'sentence')")
@@ -861,6 +875,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "alpha / r; default: 16)")
     train.add_argument("--lora-target", metavar="NAMES", help="with --lora: comma-separated layer names (e.g. "
                        "query,value), a regex, or all-linear (default)")
+    from . import cli_lm  # the decoders' flags and `generate` (cli_lm.py)
+    cli_lm.add_train_options(train)
     train.set_defaults(run=cmd_train)
 
     merge = commands.add_parser("merge", help="merge a LoRA adapter into its base model: a full model folder",
@@ -880,6 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(evaluate)
     evaluate.add_argument("--batch-size", type=int, default=64, metavar="N", help="default: 64")
     evaluate.add_argument("--max-length", type=int, metavar="N", help="tokens per text (default: the model's)")
+    evaluate.add_argument("--gguf-file", metavar="NAME", help="causal-lm/sft: a GGUF file inside --model")
     evaluate.set_defaults(run=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="label the rows of a file",
@@ -892,6 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64, metavar="N", help="default: 64")
     predict.add_argument("--max-length", type=int, metavar="N", help="tokens per text (default: the model's)")
     predict.set_defaults(run=cmd_predict)
+    cli_lm.add_generate_command(commands)
     return parser
 
 

@@ -509,7 +509,7 @@ def _patterns(patterns) -> list[str] | None:
 #: Files of a training output or checkpoint folder that are not part of the model: hidden and temporary
 #: files, logs, and the state needed only to resume training.
 NOT_MODEL_FILES = (".*", "_*", "*.tmp", "*.log", "*.jsonl", "events.out.tfevents.*", "trainer_state.json",
-                   "optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
+                   "optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", "checkpoint_manifest.json")
 #: Where :func:`push_checkpoint` puts the whole latest checkpoint in the repo (as the reference's
 #: ``hub_strategy="checkpoint"`` does), so training can be resumed from the hub.
 LAST_CHECKPOINT = "last-checkpoint"

@@ -774,7 +774,7 @@ def _summary_section(summary: Mapping | None, evals, train) -> str:
 def render_report(*, log_history: Sequence[Mapping] | None, id2label: Mapping | None = None,
                   confusion: Sequence[Sequence[Any]] | None = None, per_class: Any = None,
                   settings: Mapping | None = None, throughput: Mapping | None = None,
-                  title: str = "tuneforge training report") -> str:
+                  title: str = "tuneforge training report", language_model: bool = False) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
     labels: dict[int, str] = {}
     for k, v in (id2label or {}).items():
@@ -784,6 +784,8 @@ def render_report(*, log_history: Sequence[Mapping] | None, id2label: Mapping | 
             continue
 
     train, evals, summary = _split_history(log_history)
+    if language_model:
+        evals = [(i, _with_perplexity(e)) for i, e in evals]
     parts: list[str] = []
 
     parts.append(_summary_section(summary, evals, train))
@@ -949,10 +951,24 @@ def render_report(*, log_history: Sequence[Mapping] | None, id2label: Mapping | 
             "</main>\n</body>\n</html>\n")
 
 
+def _with_perplexity(entry: Mapping) -> Mapping:
+    """An evaluation with eval_perplexity = exp(eval_loss) beside its loss (language models)."""
+    loss = _as_float(entry.get("eval_loss"))
+    if loss is None or "eval_perplexity" in entry:
+        return entry
+    out: dict = {}
+    for key, value in entry.items():
+        out[key] = value
+        if key == "eval_loss":
+            out["eval_perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+    return out
+
+
 def write_report(path: str | Path, *, log_history: Sequence[Mapping] | None,
                  id2label: Mapping | None = None, confusion: Sequence[Sequence[Any]] | None = None,
                  per_class: Any = None, settings: Mapping | None = None,
-                 throughput: Mapping | None = None, title: str = "tuneforge training report") -> Path:
+                 throughput: Mapping | None = None, title: str = "tuneforge training report",
+                 language_model: bool = False) -> Path:
     """Write a self-contained HTML training report to ``path`` and return it as a :class:`Path`.
 
     ``log_history`` is a Trainer ``state.log_history``: training entries (``loss``,
@@ -962,10 +978,13 @@ def write_report(path: str | Path, *, log_history: Sequence[Mapping] | None,
     label, columns: predicted label); ``per_class`` is one dict of ``precision``,
     ``recall``, ``f1`` and ``support`` per label id; ``settings`` and ``throughput`` are
     flat dicts shown as tables.  Every optional input may be None: its section is left out.
+    ``language_model`` (causal-LM and SFT runs): each evaluation also shows its perplexity,
+    ``exp(eval_loss)``, in the summary, the per-evaluation curves and the table.
     """
     path = Path(path)
     page = render_report(log_history=log_history, id2label=id2label, confusion=confusion,
-                         per_class=per_class, settings=settings, throughput=throughput, title=title)
+                         per_class=per_class, settings=settings, throughput=throughput, title=title,
+                         language_model=language_model)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path

@@ -779,6 +779,11 @@ class PreTrainedTokenizerFast:
         skipped = set(self.all_special_ids) if skip_special_tokens else set()
         return [self._tokenizer.id_to_token(int(i)) for i in ids if int(i) not in skipped]
 
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Tokens joined into text by the backend's decoder (the reference's rule; spaces without one)."""
+        decoder = self._tokenizer.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+
     # ---- encoding ---------------------------------------------------------------------------------
 
     def __call__(

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import torch
 
 from ..models import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-from ..models.losses import IGNORE_INDEX
 from ..models.registry import config_from_values, model_class
 from .backend import load_keras
 from .optim import EmbeddingRows, KerasAdamStep, fused_reason
@@ -385,4 +384,4 @@ class TFAutoModelForCausalLM(_TFAutoModelBase):
 
 
 __all__ = ["TFAutoModel", "TFAutoModelForCausalLM", "TFAutoModelForSequenceClassification", "TFPreTrainedModel",
-           "ParameterVariable", "IGNORE_INDEX"]
+           "ParameterVariable"]

@@ -80,7 +80,7 @@ class PreemptionGuard(TrainerCallback):
 
     def requested(self, dist) -> int:
         """The signal to stop for (0: none), the same on every rank: the ranks' flags are all-reduced."""
-        if not dist.active:
+        if not (dist.active and self.enabled):  # every rank has the same arguments: all skip the all-reduce
             return self.signum
         flag = torch.tensor(self.signum, dtype=torch.int64, device=dist.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)

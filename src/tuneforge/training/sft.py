@@ -197,13 +197,14 @@ def _assistant_mask(tokenizer, messages, ids: list[int], name: str, row: int) ->
 
 
 def prepare_dataset(dataset, tokenizer, args: SFTConfig, name: str, packing: bool,
-                    position_limit: int | None = None, formatting_func=None) -> list[dict]:
+                    position_limit: int | None = None, formatting_func=None, first_row: int = 0) -> list[dict]:
     """Rows of the user's dataset -> tokenized rows {input_ids, labels} (packed: + seq_lengths), as TRL prepares
-    them. Bad rows fail here with one line naming the dataset, row and column."""
+    them. Bad rows fail here with one line naming the dataset, row and column (rows counted from first_row: the
+    command line counts a file's rows from 1)."""
     columns = column_names(dataset)
     if "input_ids" in columns and formatting_func is None:  # already tokenized: kept, labels default to the ids
         rows = [{"input_ids": list(r["input_ids"]), "labels": list(r.get("labels", r["input_ids"]))} for r in dataset]
-        return _finish(rows, args, name, packing, position_limit)
+        return _finish(rows, args, name, packing, position_limit, first_row)
     text_field = args.dataset_text_field
     if formatting_func is not None:
         kind = "text"
@@ -223,7 +224,7 @@ def prepare_dataset(dataset, tokenizer, args: SFTConfig, name: str, packing: boo
         raise ValueError(f"completion_only_loss=True needs a 'prompt' + 'completion' dataset; {name} is '{kind}'")
     eos = tokenizer.eos_token
     rows = []
-    for i, example in enumerate(dataset):
+    for i, example in enumerate(dataset, start=first_row):
         if formatting_func is not None:
             example = {"text": formatting_func(example)}
             text_field = "text"
@@ -273,13 +274,14 @@ def prepare_dataset(dataset, tokenizer, args: SFTConfig, name: str, packing: boo
             raise ValueError(f"{name} row {i}: assistant_only_loss=True but the example has no assistant tokens")
         labels = [t if all(m[j] for m in masks) else -100 for j, t in enumerate(ids)]
         rows.append({"input_ids": ids, "labels": labels})
-    return _finish(rows, args, name, packing, position_limit)
+    return _finish(rows, args, name, packing, position_limit, first_row)
 
 
-def _finish(rows: list[dict], args: SFTConfig, name: str, packing: bool, position_limit: int | None) -> list[dict]:
+def _finish(rows: list[dict], args: SFTConfig, name: str, packing: bool, position_limit: int | None,
+            first_row: int = 0) -> list[dict]:
     limit = args.max_length
     if limit is None and position_limit is not None:  # truncation off: nothing may exceed what the model takes
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows, start=first_row):
             if len(r["input_ids"]) > position_limit:
                 raise ValueError(f"{name} row {i}: {len(r['input_ids'])} tokens, longer than the model's "
                                  f"{position_limit} positions, with truncation off (max_length=None); set max_length")

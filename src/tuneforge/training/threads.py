@@ -12,14 +12,15 @@ So the Trainer sets the count itself, in one place (`ThreadBudget`, a callback f
   cpu.cfs_quota_us), shared by the processes of this machine under torchrun (LOCAL_WORLD_SIZE);
 - at train begin: that many threads; at a step end 0.5 s later, then every 3 s: the allowed CPUs minus what other
   processes used of them since the last look (/proc/stat against this process's own CPU time), at least 1;
-- the count torch had before comes back when training ends.
+- the count torch had before comes back when training ends; evaluate() and predict() outside training do the same.
 
-Overrides: TUNEFORGE_NUM_THREADS=N fixes N threads (a thread count changes float rounding, so fix it for runs that
-must be bit-identical under any load, e.g. an interrupted and a resumed run); OMP_NUM_THREADS (what torchrun sets)
-or a torch.set_num_threads() call made before the Trainer starts are kept as they are; TUNEFORGE_NUM_THREADS=auto
-is the default."""
+Overrides: OMP_NUM_THREADS (what torchrun sets) or a torch.set_num_threads() call made before training are kept as
+they are; otherwise TUNEFORGE_NUM_THREADS=N fixes N threads. A thread count changes float rounding, so fix it for
+runs that must be bit-identical under any load (e.g. an interrupted and a resumed run, or two runs compared);
+TUNEFORGE_NUM_THREADS=auto is the default."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -38,7 +39,8 @@ FIRST_CHECK_S = 0.5  # the first look comes sooner: a job already running when t
 _TORCH_DEFAULT = torch.get_num_threads()  # before user code could change it: a different count later is a choice
 
 
-def cgroup_cpu_quota(root: str | Path = "/sys/fs/cgroup", self_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
+def cgroup_cpu_quota(root: str | Path = "/sys/fs/cgroup",
+                     self_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
     """CPUs' worth of time per period the cgroup may use (cgroup v2 cpu.max or v1 cpu.cfs_quota_us); None: no limit."""
     root = Path(root)
     try:
@@ -141,29 +143,32 @@ class ThreadBudget(TrainerCallback):
         self.meter: CpuMeter | None = None
         self.next_check = 0.0
 
+    active = 0  # budgets in force (an evaluation during training uses the training's)
+
     def __enter__(self) -> ThreadBudget:
         """One of the trainer's callbacks for the train() call; the previous count comes back however it ends."""
         if self.handler is not None:
             self.handler.add_callback(self)
+        ThreadBudget.active += 1
         return self
 
     def __exit__(self, *exc) -> None:
+        ThreadBudget.active -= 1
         if self.handler is not None:
             self.handler.remove_callback(self)
         self.restore()
 
     def fixed(self) -> int | None:
-        """The count the user chose, if any (None: auto)."""
+        """The count the user chose, if any (None: auto). torch's own settings (OMP_NUM_THREADS, read when torch
+        started, or a torch.set_num_threads() call) come first; then TUNEFORGE_NUM_THREADS."""
         value = os.environ.get(ENV, "auto").strip().lower()
-        if value not in ("", "auto"):
-            if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"{ENV}={value!r}: use a positive number of threads or 'auto'")
-            return int(value)
+        if value not in ("", "auto") and (not value.isdigit() or int(value) < 1):
+            raise ValueError(f"{ENV}={value!r}: use a positive number of threads or 'auto'")
         if os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() != _TORCH_DEFAULT:
             return torch.get_num_threads()
-        return None
+        return None if value in ("", "auto") else int(value)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def begin(self) -> None:
         self.previous = torch.get_num_threads()
         fixed = self.fixed()
         self.allowed = fixed or allowed_cpus(self.local_world_size)
@@ -171,11 +176,20 @@ class ThreadBudget(TrainerCallback):
         self.meter = None if fixed else CpuMeter()
         self.next_check = time.monotonic() + FIRST_CHECK_S
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def adapt(self) -> None:
         if self.meter is None or time.monotonic() < self.next_check:
             return
         self.next_check = time.monotonic() + CHECK_EVERY_S
         self._set(threads_for(self.allowed, self.meter.others()))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.adapt()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self.adapt()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore()
@@ -190,3 +204,15 @@ class ThreadBudget(TrainerCallback):
             logger.info(f"training on {n} thread(s) ({self.allowed} CPU(s) allowed; other processes use the rest); "
                         f"{ENV}=N fixes the count")
             torch.set_num_threads(n)
+
+
+def fit_threads(method):
+    """A Trainer method (evaluation, prediction) run under a ThreadBudget of its own, unless one is in force."""
+    @functools.wraps(method)
+    def run(trainer, *args, **kwargs):
+        if ThreadBudget.active:
+            return method(trainer, *args, **kwargs)
+        with ThreadBudget(trainer) as budget:
+            budget.begin()
+            return method(trainer, *args, **kwargs)
+    return run

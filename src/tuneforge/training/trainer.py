@@ -23,7 +23,7 @@ from .callbacks import (CallbackHandler, JsonlLogCallback, ProgressCallback, Ten
                         TrainerState)
 from .optim import EmbeddingRows, clip_gradients, create_optimizer, create_scheduler
 from .preemption import PreemptionGuard
-from .threads import ThreadBudget
+from .threads import ThreadBudget, fit_threads
 
 logger = logging.getLogger("tuneforge")
 
@@ -735,6 +735,7 @@ class Trainer:
         return loss, logits, labels
 
     @reuse_freed_memory()
+    @fit_threads
     def _prediction_loop(self, loader, prefix: str, loss_only: bool = False, ignore_keys=None) -> PredictionOutput:
         """Outputs written straight into arrays in the input order (so memory holds the predictions and nothing else
         grows across steps); the rows of each batch are the loader's Batches, or in the loader's order."""
