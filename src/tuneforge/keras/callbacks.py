@@ -81,10 +81,10 @@ class PushToHubCallback(keras.callbacks.Callback):
             raise ValueError(f"save_strategy={save_strategy!r}: it must be 'epoch', 'steps' or 'no'")
         if save_strategy == "steps" and not (isinstance(save_steps, int) and save_steps > 0):
             raise ValueError(f"save_strategy='steps' needs save_steps, a positive number of batches (got {save_steps!r})")
-        known = {"language", "license", "tags", "finetuned_from", "tasks", "dataset", "dataset_args"}
-        unknown = sorted(set(model_card_args) - known)
+        unknown = sorted(set(model_card_args) - {"finetuned_from", "dataset"})
         if unknown:
-            raise TypeError(f"PushToHubCallback() got unexpected argument(s) {', '.join(unknown)}")
+            raise TypeError(f"PushToHubCallback(): model card argument(s) {', '.join(unknown)} are not implemented "
+                            "(the card takes finetuned_from and dataset)")
         self.output_dir = Path(output_dir)
         self.save_strategy, self.save_steps = save_strategy, save_steps
         self.tokenizer, self.hub_token, self.checkpoint = tokenizer, hub_token, checkpoint
