@@ -8,15 +8,9 @@ from tuneforge import (AutoModelForMultipleChoice, AutoModelForQuestionAnswering
 
 transformers = pytest.importorskip("transformers")
 
-ENCODERS = {
-    "bert": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 max_position_embeddings=64, type_vocab_size=2),
-    "roberta": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=37, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1),
-    "xlm-roberta": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1),
-    "distilbert": dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64),
-}
+from test_models import TINY  # noqa: E402
+
+ENCODERS = TINY  # the encoder configs of the model tests
 DECODERS = {
     "llama": dict(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0),

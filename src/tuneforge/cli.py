@@ -632,16 +632,23 @@ def cmd_train(opts):
                                   "text column": text + (f" + {pair}" if pair else ""), "label column": label,
                                   "labels": ", ".join(id2label.values()), "max length": max_length},
                         chosen=chosen, title=f"tuneforge: {_model_name(model_dir)} on {train_path.name}")
-    if push:  # on every process: it saves the model, which ends with a barrier
-        url = trainer.push_to_hub(commit_message="tuneforge train: model, metrics and report")
-        note(f"pushed {output_dir} to {url}")
-    if not is_main:
+    if not finish_train(trainer, output_dir, chosen, push, "tuneforge train: model, metrics and report"):
         return None
+    return final
+
+
+def finish_train(trainer, output_dir: Path, chosen: set, push: bool, commit_message: str, hint: str = "") -> bool:
+    """The end of every `tuneforge train`: the hub push, then on rank 0 the CLI's own checkpoints removed and where
+    the model is said. Returns whether this is the main process (the one that reports)."""
+    if push:  # on every process: it saves the model, which ends with a barrier
+        note(f"pushed {output_dir} to {trainer.push_to_hub(commit_message=commit_message)}")
+    if not trainer.dist.is_main:
+        return False
     if not SAVE_FIELDS & chosen:  # the CLI's own checkpoints were crash insurance for a run that has now finished
         for folder in sorted_checkpoints(output_dir):
             shutil.rmtree(folder, ignore_errors=True)
-    note(f"saved the model, eval_results.json and report.html in {output_dir}")
-    return final
+    note(f"saved the model, eval_results.json and report.html in {output_dir}{hint}")
+    return True
 
 
 def write_run_files(trainer, output_dir: Path, final: dict, scorer: Scorer, id2label: dict, train_metrics: dict,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -270,16 +269,9 @@ def cmd_train_lm(opts):
                             gradient_checkpointing=sft_args.gradient_checkpointing)
         write_lm_report(trainer, output_dir, final, train_output.metrics, train_set, eval_set, settings,
                         title=f"tuneforge: {cli._model_name(opts.model)} {task} on {train_path.name}")
-    if push:
-        cli.note(f"pushed {output_dir} to {trainer.push_to_hub(commit_message=f'tuneforge train --task {task}')}")
-    if not trainer.dist.is_main:
+    if not cli.finish_train(trainer, output_dir, chosen, push, f"tuneforge train --task {task}",
+                            hint=f" (try it: tuneforge generate --model {output_dir} --prompt ...)"):
         return None
-    if not cli.SAVE_FIELDS & chosen:
-        from .training.checkpoint import sorted_checkpoints
-        for folder in sorted_checkpoints(output_dir):
-            shutil.rmtree(folder, ignore_errors=True)
-    cli.note(f"saved the model, eval_results.json and report.html in {output_dir} "
-             f"(try it: tuneforge generate --model {output_dir} --prompt ...)")
     return final
 
 

@@ -4,7 +4,6 @@ line naming the file/line/record, exit code 2)."""
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from .tokenizer import AutoTokenizer
 from .token_classification import (TagDataError, label_list_from, labelled_predictions, read_conll, seqeval_metrics,
                                    tag_ids, tokenize_and_align_labels)
 from .training.arguments import TrainingArguments
-from .training.checkpoint import sorted_checkpoints
 from .training.trainer import Trainer, set_seed
 
 TASKS = ("text-classification", "token-classification", "question-answering")
@@ -218,14 +216,8 @@ def cmd_train_task(opts):
         _report(trainer, output_dir, final, train_output.metrics, task,
                 {"model": opts.model, "task": task, "train file": str(train_path), "eval data": eval_source,
                  "train rows": len(train_set), "eval rows": len(eval_set), "max length": max_length})
-    if push:
-        cli.note(f"pushed {output_dir} to {trainer.push_to_hub(commit_message=f'tuneforge train --task {task}')}")
-    if not trainer.dist.is_main:
+    if not cli.finish_train(trainer, output_dir, chosen, push, f"tuneforge train --task {task}"):
         return None
-    if not cli.SAVE_FIELDS & chosen:
-        for folder in sorted_checkpoints(output_dir):
-            shutil.rmtree(folder, ignore_errors=True)
-    cli.note(f"saved the model, eval_results.json and report.html in {output_dir}")
     return final
 
 
