@@ -43,6 +43,27 @@ def model_flops_per_token(model) -> float:
     return 6.0 * weights
 
 
+def token_mean_loss(model, batches) -> float:
+    """Eval loss as one definition for both libraries: the mean over every labelled token of the eval set, from each
+    library's own eval batches. (tuneforge's `eval_loss` is this; the reference's is a mean of per-batch means,
+    which differs by 0.1 on these uneven completions before any training.)"""
+    import torch
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            mask = batch.get("attention_mask")
+            extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+            logits = model(input_ids=batch["input_ids"], attention_mask=mask, **extra).logits.float()
+            labels = batch["labels"][:, 1:]
+            if "position_ids" in batch:  # packed: no target across a sequence start
+                labels = labels.masked_fill(batch["position_ids"][:, 1:] == 0, -100)
+            total += torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(),
+                                                       ignore_index=-100, reduction="sum").item()
+            count += int((labels != -100).sum())
+    return total / count
+
+
 FOLDER = Path("/tmp/bench-sft-smollm2")
 
 
@@ -81,11 +102,12 @@ def run_one(lib: str, mode: str, precision: str, n: int, steps: int, batch: int,
     trainer.train()
     seconds = time.perf_counter() - start
     eval_loss = trainer.evaluate()["eval_loss"]
+    token_loss = token_mean_loss(model, trainer.get_eval_dataloader())
     # ----- measurement -----
     gemm = measure_peak(threads)
     tokens = max(e.get("num_tokens", 0) for e in trainer.state.log_history)
     return {"lib": lib, "mode": mode, "precision": precision, "train_seconds": seconds, "tokens": tokens,
-            "tokens_per_s": tokens / seconds, "eval_loss": eval_loss, "flops_per_token": model_flops_per_token(model),
+            "tokens_per_s": tokens / seconds, "eval_loss": eval_loss, "token_loss": token_loss, "flops_per_token": model_flops_per_token(model),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gemm": gemm}
 
 
@@ -122,7 +144,8 @@ def main():
     median = statistics.median
     print(f"SmolLM2-135M SFT, alpaca prompt/completion, completion-only loss, max_length 512, batch {a.batch}, "
           f"{a.steps} steps, {a.threads} threads, median of {a.rounds} round(s)")
-    print(f"{'':28}{'tokens/s':>10}{'matmul share':>14}{'peak RSS MB':>13}{'eval loss':>11}{'vs tuneforge':>14}")
+    print(f"{'':28}{'tokens/s':>10}{'matmul share':>14}{'peak RSS MB':>13}{'eval loss':>11}{'token-mean':>11}"
+          f"{'vs tuneforge':>14}")
     for name in rounds[0]:
         precision = name.split()[-1]
         ours = f"tuneforge padded {precision}"
@@ -132,10 +155,12 @@ def main():
               f"{median(r[name]['peak_share'] for r in rounds):>14.0%}"
               f"{median(r[name]['peak_rss_mb'] for r in rounds):>13.0f}"
               f"{median(r[name]['eval_loss'] for r in rounds):>11.4f}"
+              f"{median(r[name]['token_loss'] for r in rounds):>11.4f}"
               + ("" if name == ours else f"{ratio:>8.2f}x, RSS {mem:.2f}x"))
     print("tokens/s: real (non-padding) tokens trained per second, as each library's num_tokens log counts them; "
           "matmul share: 6 x linear weights FLOPs per real token x tokens/s over the best fp32 GEMM rate measured "
-          "right after the run")
+          "right after the run; eval loss: each library's own; token-mean: the mean over all labelled eval tokens, "
+          "computed the same way for both")
     print(json.dumps(rounds))
 
 

@@ -16,9 +16,12 @@ that ``huggingface_hub`` 2.x uses for ``create_repo``, ``create_branch``, ``uplo
   then ``POST /{repo_id}.git/info/lfs/objects/verify``. Xet storage (what the client uses for LFS files
   when ``hf_xet`` is installed) is not implemented: its token endpoint answers 501 with a message saying so.
   Smaller files are committed inline (base64 in the NDJSON commit), as the hub does for regular files.
+* ``PUT /api/{type}s/{repo_id}/settings`` (``gated``: the files of a gated repo are served to no one, as nobody
+  here can accept its conditions; ``visibility``)
 * ``GET``/``HEAD /[datasets/|spaces/]{repo_id}/resolve/{rev}/{path}`` with ``ETag`` (git blob sha1, or the
   sha256 for LFS files, also sent as ``X-Linked-Etag``/``X-Linked-Size``), ``X-Repo-Commit`` and
-  ``Content-Length``; errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``).
+  ``Content-Length``; errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``,
+  ``GatedRepo``).
 
 Every write needs ``Authorization: Bearer <token>`` with a token from ``--token-file`` (one per line) or
 the ``HUB_SERVER_TOKENS`` environment variable (comma-separated); ``--no-auth`` allows anonymous writes.
@@ -52,7 +55,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
-API_ACTIONS = {"revision", "tree", "preupload", "commit", "branch", "refs", "xet-write-token", "xet-read-token"}
+API_ACTIONS = {"revision", "tree", "preupload", "commit", "branch", "refs", "settings", "xet-write-token",
+               "xet-read-token"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 USER_NAME = "tuneforge-user"
@@ -362,6 +366,9 @@ class Handler(BaseHTTPRequestHandler):
             if action == "commit" and cmd == "POST" and args:
                 self.require_write()
                 return self.commit(repo, "/".join(args), body, query)
+            if action == "settings" and cmd == "PUT":
+                self.require_write()
+                return self.settings(repo, json.loads(body or b"{}"))
             if action == "branch" and cmd in ("POST", "DELETE") and args:
                 self.require_write()
                 return self.branch(repo, "/".join(args), json.loads(body or b"{}"))
@@ -397,6 +404,16 @@ class Handler(BaseHTTPRequestHandler):
             path.unlink()
         return self.send_json(200, {})
 
+    def settings(self, repo, payload):
+        if "gated" in payload:
+            if payload["gated"] not in ("auto", "manual", False):
+                raise HubError(400, f"Invalid gated value: {payload['gated']!r}")
+            repo["gated"] = payload["gated"]
+        if "visibility" in payload:
+            repo["private"] = payload["visibility"] == "private"
+        self.store.save(repo)
+        return self.send_json(200, {})
+
     def repo_info(self, repo, revision, query):
         sha = self.store.resolve_revision(repo, revision)
         files = repo["commits"][sha]["files"]
@@ -421,7 +438,7 @@ class Handler(BaseHTTPRequestHandler):
                 "createdAt": repo["createdAt"],
                 "private": repo["private"],
                 "disabled": False,
-                "gated": False,
+                "gated": repo.get("gated", False),
                 "downloads": 0,
                 "likes": 0,
                 "tags": [],
@@ -596,6 +613,10 @@ class Handler(BaseHTTPRequestHandler):
             sha = self.store.resolve_revision(repo, revision)
             entry = repo["commits"][sha]["files"].get(filename)
         extra_headers["X-Repo-Commit"] = sha
+        if repo.get("gated"):  # there is no access-request flow here: nobody has accepted the conditions
+            authenticated = self.bearer() in self.tokens
+            raise HubError(403 if authenticated else 401, f"Access to model {repo_id} is restricted. You must have "
+                           "access to it and be authenticated to access it. Please log in.", "GatedRepo")
         if entry is None:
             raise HubError(404, f"Entry not found: {filename}", "EntryNotFound")
         data = self.store.object_path(entry["sha256"]).read_bytes()

@@ -67,6 +67,12 @@ def test_accumulation_and_fsdp_under_torchrun_match_one_process(runs, tmp_path, 
     for step, loss in losses(single).items():
         assert losses(tmp_path)[step] == pytest.approx(loss, rel=1e-3), step
     assert weights_close(single, tmp_path)
+    # An overridden get_eval_dataloader: under FSDP (collective forwards) every process evaluates the whole set.
+    o1, o2 = (json.loads((f / "result" / "eval.json").read_text())["override"] for f in (single, tmp_path))
+    assert o2["steps_per_rank"] == ([15, 15] if "TEST_FSDP" in extra_env else [8, 7])
+    assert o2["eval_n"] == o1["eval_n"] == 101 and o2["eval_label_sum"] == o1["eval_label_sum"]
+    assert o2["eval_accuracy"] == pytest.approx(o1["eval_accuracy"])
+    assert o2["eval_loss"] == pytest.approx(o1["eval_loss"], rel=1e-4)
     from tuneforge import AutoModelForSequenceClassification  # a sharded run's checkpoint loads in one process
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "checkpoint-12")
     expected = load_file(tmp_path / "result" / "model.safetensors")
@@ -85,6 +91,22 @@ def test_evaluation_counts_every_example_once(runs):
         mid1 = next(e for e in history(single) if e["step"] == step and "eval_accuracy" in e)
         mid2 = next(e for e in history(ddp) if e["step"] == step and "eval_accuracy" in e)
         assert mid2["eval_accuracy"] == pytest.approx(mid1["eval_accuracy"])
+
+
+def test_an_overridden_get_eval_dataloader_is_shared_across_processes(runs):
+    """A Trainer subclass's own DataLoader (101 rows in 15 batches of 7): each process evaluates its share of the
+    batches, and the gathered metrics equal one process's."""
+    single, ddp = runs
+    e1 = json.loads((single / "result" / "eval.json").read_text())["override"]
+    e2 = json.loads((ddp / "result" / "eval.json").read_text())["override"]
+    assert e1["steps_per_rank"] == [15] and e2["steps_per_rank"] == [8, 7]
+    assert e1["eval_n"] == e2["eval_n"] == 101
+    assert e2["eval_label_sum"] == e1["eval_label_sum"]
+    assert e2["eval_accuracy"] == pytest.approx(e1["eval_accuracy"])
+    assert e2["eval_loss"] == pytest.approx(e1["eval_loss"], rel=1e-4)
+    final = json.loads((single / "result" / "eval.json").read_text())  # the built-in loader's figures, the same
+    assert e1["eval_accuracy"] == pytest.approx(final["eval_accuracy"])
+    assert e1["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-4)
 
 
 def test_only_rank_0_writes_and_checkpoints_load_in_one_process(runs):

@@ -385,3 +385,75 @@ def test_planted_token_never_leaks(hub_env, tmp_path, capfd, caplog):
     for path in written:
         assert TOKEN.encode() not in path.read_bytes(), path
     assert TOKEN not in hub_env.log_path.read_text()
+
+
+def test_model_card_is_card_data_that_huggingface_hub_parses_back(tmp_path):
+    from huggingface_hub import ModelCard
+
+    log_history = [{"eval_loss": 0.5, "eval_accuracy": 0.7, "eval_f1": 0.6, "epoch": 1.0, "step": 10},
+                   {"eval_loss": 0.4, "eval_accuracy": 0.8, "eval_f1": 0.75, "eval_runtime": 2.0, "epoch": 2.0,
+                    "step": 20},
+                   {"train_runtime": 5.0, "train_loss": 0.6, "epoch": 2.0, "step": 20}]
+    path = hub.write_model_card(tmp_path / "out", repo_id="tf-org/sst2-model", base_model="tf-org/tiny-base",
+                                dataset="sst2", dataset_args="default", log_history=log_history,
+                                id2label={0: "neg", 1: "pos"}, tasks="text-classification", license="apache-2.0",
+                                language="en", tags=["sentiment"])
+    data = ModelCard.load(path).data
+    assert data.library_name == "tuneforge" and data.base_model == "tf-org/tiny-base"
+    assert data.datasets == ["sst2"] and data.license == "apache-2.0" and data.language == "en"
+    assert {"tuneforge", "text-classification", "sentiment"} <= set(data.tags)
+    assert data.metrics == ["accuracy", "f1"]  # the hub's metric ids, as the reference's card
+    assert data.model_name == "sst2-model"
+    results = {(r.task_type, r.dataset_type, r.dataset_config, r.metric_type): r.metric_value for r in data.eval_results}
+    assert results == {("text-classification", "sst2", "default", "accuracy"): 0.8,  # the last evaluation's
+                       ("text-classification", "sst2", "default", "f1"): 0.75}
+    assert "model-index" in path.read_text() and "on the sst2 (default) dataset" in path.read_text()
+
+    # Without a task or a dataset there is no complete result: no model-index, and the card still parses.
+    bare = ModelCard.load(hub.write_model_card(tmp_path / "bare", base_model="bad//id", log_history=log_history)).data
+    assert bare.eval_results is None and bare.base_model is None and bare.metrics == ["accuracy", "f1"]
+
+
+def one_line_failure(call) -> hub.HubError:
+    with pytest.raises(hub.HubError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and TOKEN not in message
+    return info.value
+
+
+def test_failures_are_classified_by_huggingface_hubs_error_classes(hub_env, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, constants, errors
+
+    endpoint_before, offline_before = constants.ENDPOINT, constants.HF_HUB_OFFLINE
+    src = make_checkpoint(tmp_path / "ckpt")
+    repo = unique_repo("classes")
+    hub.push_folder(src, repo, token=TOKEN)
+    assert constants.ENDPOINT == endpoint_before  # the call-time settings were applied for the call only
+
+    err = one_line_failure(lambda: hub.resolve_folder(unique_repo("missing"), token=TOKEN))
+    assert "repository not found, or private and the token cannot read it" in err.reason
+    assert isinstance(err.original, errors.RepositoryNotFoundError)
+
+    err = one_line_failure(lambda: hub.resolve_folder(repo, revision="no-such-branch"))
+    assert err.reason == "revision 'no-such-branch' not found"
+    assert isinstance(err.original, errors.RevisionNotFoundError)
+
+    gated = unique_repo("gated")
+    hub.push_folder(src, gated, token=TOKEN)
+    HfApi(endpoint=hub_env.endpoint).update_repo_settings(gated, gated="auto", token=TOKEN)
+    for token in (None, TOKEN):
+        err = one_line_failure(lambda: hub.resolve_folder(gated, token=token))
+        assert err.reason.startswith("gated repository: accept its conditions on the hub")
+        assert isinstance(err.original, errors.GatedRepoError)
+        assert str(err).startswith(f"'{gated}' is not a local folder and could not be fetched from the hub at "
+                                   f"{hub_env.endpoint} (gated repository")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = one_line_failure(lambda: hub.resolve_folder(repo))  # pushed, never fetched: not in the cache
+    assert err.reason == "offline mode is on (HF_HUB_OFFLINE) and the local cache has no copy"
+    assert isinstance(err.original, errors.LocalEntryNotFoundError)
+    assert "fetch it once online so that it is cached in" in str(err)
+    err = one_line_failure(lambda: hub.push_folder(src, repo, token=TOKEN))
+    assert err.reason == "offline mode is on: unset HF_HUB_OFFLINE to push"
+    assert constants.HF_HUB_OFFLINE == offline_before  # restored after the call

@@ -257,6 +257,16 @@ def test_every_save_pushes_each_checkpoint(env, tmp_path, tokenizer_dir):
     card = (hub.resolve_folder(repo_id, token=TOKEN, allow_patterns=["README.md"]) / "README.md").read_text()
     assert "base_model: tf-org/tiny-base" in card and "datasets:\n- sst2" in card
     assert "fine-tuned version of [tf-org/tiny-base]" in card and "on the sst2 dataset" in card
+    from huggingface_hub import ModelCard
+    data = ModelCard(card).data  # valid card data: the task comes from the model class, as the reference's card
+    assert data.base_model == "tf-org/tiny-base" and data.datasets == ["sst2"] and data.library_name == "tuneforge"
+    assert "text-classification" in data.tags
+
+    # The reference's other keywords: to a branch, with dataset_tags and tags of the caller's.
+    trainer.push_to_hub(commit_message="On a branch", revision="dev", dataset_tags="glue", tags=["demo"])
+    dev = (hub.resolve_folder(repo_id, token=TOKEN, revision="dev", allow_patterns=["README.md"]) / "README.md")
+    data = ModelCard(dev.read_text()).data
+    assert data.datasets == ["glue"] and "demo" in data.tags
 
 
 def test_unreachable_hub_fails_clearly_after_training_and_keeps_the_output(env, tmp_path, tokenizer_dir,

@@ -272,6 +272,26 @@ def test_head_size_mismatch_is_an_error_unless_ignored(tmp_path, caplog):
     assert "newly initialized: ['classifier.bias', 'classifier.weight']" in caplog.text
 
 
+def test_loaded_weights_are_the_files_tensors_yet_training_never_writes_the_file(tmp_path):
+    # Loading takes the checkpoint's tensors as the parameters (no second copy in memory); they may be backed by
+    # the file's pages, so an in-place update (an optimizer step) must stay in memory, and saving over the same
+    # folder must not change what the model holds.
+    reference, folder = reference_model("bert", "cls", tmp_path, num_labels=2)
+    before = (folder / "model.safetensors").read_bytes()
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+    assert (folder / "model.safetensors").read_bytes() == before
+    expected = {k: v + 1.0 for k, v in reference.state_dict().items() if v.is_floating_point()}
+    model.save_pretrained(folder)  # atomically replaces the file the parameters were read from
+    held = {k: v for k, v in model.state_dict().items() if k in expected}
+    assert all(torch.equal(held[k], expected[k]) for k in held)
+    assert all(p.requires_grad for p in model.parameters())
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder).state_dict()
+    assert all(torch.equal(reloaded[k], held[k]) for k in held)
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 

@@ -346,6 +346,39 @@ def test_two_processes_equal_one_with_lora(one_process, tmp_path):
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
 
 
+def test_fsdp_with_lora_shards_the_frozen_base_and_equals_one_process(one_process, tmp_path):
+    """FSDP (two processes of 2) against the one-process run (4 x accumulation 2): every parameter sharded, the
+    frozen base too; the same losses and adapter; checkpoints hold only the adapter; resuming the sharded run from
+    its step-8 checkpoint ends where it ended."""
+    if not Path(sys.executable).with_name("torchrun").exists():
+        pytest.skip("torchrun not found beside the interpreter")
+    import shutil
+    one, two = one_process, tmp_path / "fsdp"
+    env = dict(TEST_BATCH="2", TEST_MODEL="llama-clm", TEST_NO_DROPOUT="1", TEST_FSDP="1")
+    done = run_child(two, "full", 0, torchrun=True, **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):  # each rank holds about half of the model
+        shards = json.loads((tmp_path / f"fsdp.shards-{rank}.json").read_text())
+        assert shards["sharded"] == shards["parameters"] and shards["frozen"] > 0
+        assert shards["local_numel"] < 0.6 * shards["numel"]
+    la, lb = losses(one), losses(two)
+    assert sorted(la) == sorted(lb) == list(range(1, 13))
+    assert all(lb[s] == pytest.approx(la[s], rel=1e-4) for s in la)
+    a = load_file(one / "result" / "adapter_model.safetensors")
+    b = load_file(two / "result" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    assert not (two / "checkpoint-12" / "model.safetensors").exists()
+    c = load_file(two / "checkpoint-12" / "adapter_model.safetensors")  # gathered from the shards
+    assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in c)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed, ignore=shutil.ignore_patterns("checkpoint-12", "result"))
+    done = run_child(resumed, "resume", 0, torchrun=True, **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(losses(resumed)[s] == lb[s] for s in range(9, 13))
+    r = load_file(resumed / "result" / "adapter_model.safetensors")
+    assert all(torch.equal(r[k], b[k]) for k in b)
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 
 

@@ -2,7 +2,6 @@
 encoder with MiniLM's tokenizer, a Llama with a small byte-level BPE tokenizer and a ChatML template), and on the
 packaged MiniLM. Question answering, which Transformers 5 removed, is checked against its documented rule computed
 here by brute force over the reference model's logits."""
-import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +18,30 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
           "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 SENTENCES = ["John Smith lives in New York.", "Angela Merkel visited Washingtonville yesterday!",
              "short", "The unbelievably long-winded discussion in Paris ended with Marie Curie's speech."]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from torch's second thread, and on a shared machine each op waits for it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    """Pipelines built once per (library, task, folder, options) and shared by the tests: loading the folders costs
+    more than running these tiny models."""
+    cache = {}
+
+    def get(library, task, folder, **options):
+        key = (library, task, str(folder), tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = (transformers.pipeline(task, model=str(folder), **options) if library == "reference"
+                          else pipeline(task, model=folder, **options))
+        return cache[key]
+    return get
 
 
 def save_reference(folder, model_class, config, tokenizer_source):
@@ -106,10 +129,9 @@ def same(got, expected, path="result"):
 
 
 @pytest.mark.parametrize("kind", ["softmax", "one_label", "multi_label"])
-def test_text_classification_matches_the_reference(kind, classifier_dirs):
+def test_text_classification_matches_the_reference(kind, classifier_dirs, pipes):
     folder = classifier_dirs[kind]
-    ref, ours = transformers.pipeline("text-classification", model=str(folder)), pipeline("sentiment-analysis",
-                                                                                           model=folder)
+    ref, ours = pipes("reference", "text-classification", folder), pipes("ours", "sentiment-analysis", folder)
     pair = {"text": "Is it good?", "text_pair": "It was a fine film."}
     every = ({}, {"top_k": None}, {"top_k": 2}, {"top_k": 1}, {"function_to_apply": "none"})
     for inputs in (SENTENCES[0], SENTENCES, pair):
@@ -120,21 +142,20 @@ def test_text_classification_matches_the_reference(kind, classifier_dirs):
          transformers.pipeline("text-classification", model=str(folder), top_k=None)(SENTENCES[0]))
 
 
-def test_batches_sorted_by_length_give_each_input_its_own_result(classifier_dirs):
+def test_batches_sorted_by_length_give_each_input_its_own_result(classifier_dirs, pipes):
     texts = [SENTENCES[i % 4] * (1 + i % 3) for i in range(11)]
-    one = pipeline("text-classification", model=classifier_dirs["softmax"], batch_size=1)(texts, top_k=None)
-    batched = pipeline("text-classification", model=classifier_dirs["softmax"], batch_size=4)(texts, top_k=None)
+    one = pipes("ours", "text-classification", classifier_dirs["softmax"], batch_size=1)(texts, top_k=None)
+    batched = pipes("ours", "text-classification", classifier_dirs["softmax"], batch_size=4)(texts, top_k=None)
     same(batched, one)
 
 
-def test_text_classification_on_the_packaged_minilm(minilm_dir, tmp_path):
-    shutil.copytree(minilm_dir, tmp_path / "m")
+def test_text_classification_on_the_packaged_minilm(minilm_dir, wordpiece):
     torch.manual_seed(0)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "m", num_labels=2)
-    model.save_pretrained(tmp_path / "m")
-    ref = transformers.pipeline("text-classification", model=str(tmp_path / "m"))
-    ours = pipeline("text-classification", model=AutoModelForSequenceClassification.from_pretrained(tmp_path / "m"),
-                    tokenizer=tmp_path / "m")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
+    ref = transformers.pipeline("text-classification", model=model, tokenizer=wordpiece)
+    ours_model = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
+    ours_model.classifier.load_state_dict(model.classifier.state_dict())  # the same fresh head
+    ours = pipeline("text-classification", model=ours_model, tokenizer=minilm_dir)
     same(ours(SENTENCES, top_k=None), ref(SENTENCES, top_k=None))
 
 
@@ -142,10 +163,9 @@ def test_text_classification_on_the_packaged_minilm(minilm_dir, tmp_path):
 
 
 @pytest.mark.parametrize("tokenizer_kind", ["wordpiece", "bpe"])
-def test_token_classification_matches_the_reference_for_every_aggregation(tokenizer_kind, ner_dirs):
+def test_token_classification_matches_the_reference_for_every_aggregation(tokenizer_kind, ner_dirs, pipes):
     folder = ner_dirs[tokenizer_kind]
-    ref = transformers.pipeline("token-classification", model=str(folder))
-    ours = pipeline("ner", model=folder)
+    ref, ours = pipes("reference", "token-classification", folder), pipes("ours", "ner", folder)
     with _quiet():
         for strategy in ("none", "simple", "first", "average", "max"):
             for options in ({"ignore_labels": []},) + (({},) if strategy == "simple" else ()):
@@ -224,12 +244,17 @@ def qa_dir(tmp_path_factory, wordpiece):
                           wordpiece)
 
 
+@pytest.fixture(scope="module")
+def qa_reference_model(qa_dir):
+    return transformers.AutoModelForQuestionAnswering.from_pretrained(qa_dir).eval()
+
+
 @pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"max_seq_len": 32, "doc_stride": 8, "top_k": 2},
                                      {"max_seq_len": 40, "doc_stride": 16, "handle_impossible_answer": True},
                                      {"max_answer_len": 2, "top_k": 4}])
-def test_question_answering_follows_the_reference_rule(options, qa_dir, wordpiece):
-    ref_model = transformers.AutoModelForQuestionAnswering.from_pretrained(qa_dir).eval()
-    qa = pipeline("question-answering", model=qa_dir)
+def test_question_answering_follows_the_reference_rule(options, qa_dir, qa_reference_model, wordpiece, pipes):
+    ref_model = qa_reference_model
+    qa = pipes("ours", "question-answering", qa_dir)
     question = "Where is Normandy?"
     expected = brute_force_answers(ref_model, wordpiece, question, CONTEXT, options.get("max_seq_len", 384),
                                    options.get("doc_stride", min(options.get("max_seq_len", 384) // 2, 128)),
@@ -244,19 +269,21 @@ def test_question_answering_follows_the_reference_rule(options, qa_dir, wordpiec
 # ---- text generation -------------------------------------------------------------------------------------------
 
 
-def test_greedy_generation_matches_the_reference(lm_dir):
-    ref = transformers.pipeline("text-generation", model=str(lm_dir))
-    ours = pipeline("text-generation", model=lm_dir, batch_size=2)
+def test_greedy_generation_matches_the_reference(lm_dir, pipes):
+    ref, ours = pipes("reference", "text-generation", lm_dir), pipes("ours", "text-generation", lm_dir, batch_size=2)
     chat = [{"role": "user", "content": "tell me a story"}]
     continued = chat + [{"role": "assistant", "content": "hello"}]
-    for inputs in ("hello world", ["hello", "tell me a story about New York", "user"], chat, [chat, continued]):
-        for options in ({}, {"return_full_text": False}):
-            same(ours(inputs, do_sample=False, max_new_tokens=6, **options),
-                 ref(inputs, do_sample=False, max_new_tokens=6, **options), f"{inputs!r} {options}")
+    # Every input form, and both return_full_text settings on a text and on chats (4 new tokens: the prompt's
+    # pass and three cached steps).
+    for inputs, options in (("hello world", {}), ("hello world", {"return_full_text": False}),
+                            (["hello", "tell me a story about New York", "user"], {}),
+                            (chat, {"return_full_text": False}), ([chat, continued], {})):
+        same(ours(inputs, do_sample=False, max_new_tokens=4, **options),
+             ref(inputs, do_sample=False, max_new_tokens=4, **options), f"{inputs!r} {options}")
 
 
 def test_generation_uses_the_reference_pipeline_defaults(lm_dir, monkeypatch):
-    ours = pipeline("text-generation", model=lm_dir)
+    ours = pipeline("text-generation", model=lm_dir)  # its own: generate is replaced below
     seen = {}
 
     def generate(input_ids, attention_mask=None, **kwargs):

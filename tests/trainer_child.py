@@ -98,7 +98,7 @@ def main(output_dir, mode, step):
     batch = int(os.environ.get("TEST_BATCH", "4"))  # 2 under torchrun with two workers: the same global batch
     args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=2,
                              max_steps=12, save_steps=4, logging_steps=1, learning_rate=1e-3, seed=7,
-                             disable_tqdm=True)
+                             disable_tqdm=True, fsdp=os.environ.get("TEST_FSDP") == "1")
     dropout = not os.environ.get("TEST_NO_DROPOUT")  # else dropout stays on
     model, collator = make_model(os.environ.get("TEST_MODEL", "bert"), dropout)
     if os.environ.get("TEST_LORA"):  # a LoRA adapter on every linear layer
@@ -107,6 +107,14 @@ def main(output_dir, mode, step):
                                                  task_type="SEQ_CLS" if collator is None else "CAUSAL_LM"))
     trainer = Trainer(model=model, args=args, train_dataset=make_data(labels=collator is None), callbacks=callbacks, data_collator=collator)
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
+    if args.fsdp and trainer.dist.active:  # what this rank holds: OUTPUT.shards-RANK.json
+        from torch.distributed.tensor import DTensor
+        params = list(trainer.model.parameters())
+        with open(f"{output_dir}.shards-{trainer.dist.rank}.json", "w") as f:
+            json.dump({"parameters": len(params), "sharded": sum(isinstance(p, DTensor) for p in params),
+                       "frozen": sum(not p.requires_grad for p in params), "numel": sum(p.numel() for p in params),
+                       "local_numel": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+                                          for p in params)}, f)
     result = os.path.join(output_dir, "result")
     trainer.save_model(result)
     if not trainer.dist.is_main:

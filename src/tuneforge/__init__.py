@@ -16,6 +16,7 @@ from .training.callbacks import EarlyStoppingCallback, TrainerCallback, TrainerC
 from .training.trainer import EvalPrediction, PredictionOutput, Trainer, TrainOutput, set_seed
 from .training.checkpoint import CheckpointWriteError  # a checkpoint or save_model() that found no room (issue 21)
 from .training.preemption import Preempted  # raised after the checkpoint that SIGTERM/SIGINT asked for (issue 21)
+from .errors import InputError  # a mistake in the user's arguments, data, configs or files (issue 20)
 # The reference's helpers that scripts reach for (issue 20): argument parsing, logging, schedules, checkpoints.
 from . import trainer_utils, utils
 from .hf_argparser import HfArgumentParser

@@ -35,6 +35,8 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .errors import InputError
+
 # Appended to the message being continued, so its end can be found in the rendered text (as in Transformers).
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 # Older names for a message's reasoning; templates read "reasoning_content", gpt-oss templates "thinking".
@@ -43,7 +45,7 @@ _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 MARK_START, MARK_END = "\U000f0000", "\U000f0001"
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(InputError):
     """A chat template that is missing, is not valid Jinja, or fails on a conversation."""
 
 
@@ -304,23 +306,23 @@ def _describe(error, template, messages, context, where) -> str:
 def _tag_final_message(source, messages, field):
     """Append the continue tag to the final message's `field`; return the text being continued."""
     if not messages:
-        raise ValueError("continue_final_message is set but the conversation is empty")
+        raise InputError("continue_final_message is set but the conversation is empty")
     field = field if isinstance(field, str) else "content"
     final = messages[-1].get(field)
     if final is None:
-        raise ValueError(f"continue_final_message is set but the final message has no {field!r} to continue")
+        raise InputError(f"continue_final_message is set but the final message has no {field!r} to continue")
     fields = [field]
     if field in _REASONING_FIELDS:  # reasoning is copied under several names: tag each copy
         fields = [name for name in _REASONING_FIELDS if messages[-1].get(name) == final]
     if not any(name in source for name in fields):
-        raise ValueError(f"continue_final_message is set to {field!r} but the chat template never reads it")
+        raise InputError(f"continue_final_message is set to {field!r} but the chat template never reads it")
     if isinstance(final, (list, tuple)):
         for block in reversed(final):
             if "text" in block:
                 final = block["text"]
                 block["text"] += _CONTINUE_TAG
                 return final
-        raise ValueError("continue_final_message is set but the final message has no text block to continue")
+        raise InputError("continue_final_message is set but the final message has no text block to continue")
     for name in fields:
         messages[-1][name] += _CONTINUE_TAG
     return final
@@ -329,7 +331,7 @@ def _tag_final_message(source, messages, field):
 def _cut_at_tag(text, continued):
     tag = _CONTINUE_TAG.strip()
     if continued.strip() not in text or tag not in text:
-        raise ValueError("continue_final_message is set but the chat template drops part of the final message, "
+        raise InputError("continue_final_message is set but the chat template drops part of the final message, "
                          "so it cannot be continued")
     at = text.rindex(tag)
     # If the template kept the trailing space, cut exactly; otherwise it trimmed it, so trim the rest too.

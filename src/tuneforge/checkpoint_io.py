@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 logger = logging.getLogger("tuneforge")
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
 
-class CheckpointError(OSError):
+class CheckpointError(InputError, OSError):
     """A model folder or weight file that cannot be used, with one line saying which and why."""
 
 
@@ -53,14 +55,14 @@ def pop_hub_options(kwargs: dict, caller: str) -> dict:
     force_download, local_files_only for the hub download; trust_remote_code and from_tf refused when True
     (tuneforge never runs a checkpoint's code, and reads no TensorFlow weights)."""
     if kwargs.pop("trust_remote_code", None):
-        raise ValueError(f"{caller}(trust_remote_code=True) is refused: tuneforge never runs code from a "
+        raise InputError(f"{caller}(trust_remote_code=True) is refused: tuneforge never runs code from a "
                          "checkpoint; its model families are built in (pass trust_remote_code=False or leave it "
                          "out)")
     if kwargs.pop("from_tf", None):
-        raise ValueError(f"{caller}(from_tf=True) is not supported: tuneforge reads safetensors and PyTorch "
+        raise InputError(f"{caller}(from_tf=True) is not supported: tuneforge reads safetensors and PyTorch "
                          "weights, not TensorFlow checkpoints")
     if kwargs.pop("from_flax", None):
-        raise ValueError(f"{caller}(from_flax=True) is not supported: tuneforge reads safetensors and PyTorch "
+        raise InputError(f"{caller}(from_flax=True) is not supported: tuneforge reads safetensors and PyTorch "
                          "weights")
     options = {k: kwargs.pop(k) for k in ("cache_dir", "force_download", "local_files_only") if k in kwargs}
     return {k: v for k, v in options.items() if v is not None}

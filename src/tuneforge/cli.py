@@ -30,13 +30,14 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import column_values
+from .errors import InputError
 from .models import AutoConfig, AutoModelForSequenceClassification
 from .models.registry import position_limit
 from .report import write_report
 from .tokenizer import AutoTokenizer
 from .training.arguments import TrainingArguments
 from .training.callbacks import TrainerCallback
-from .training.checkpoint import sorted_checkpoints
+from .training.checkpoint import CheckpointWriteError, sorted_checkpoints
 from .training.trainer import Trainer, set_seed
 
 DEFAULT_JOB = Path(__file__).resolve().parent / "default_job"
@@ -93,36 +94,19 @@ REPORTED_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device
 logger = logging.getLogger("tuneforge")
 
 
-def is_user_mistake(error: BaseException) -> bool:
-    """Whether an error is about the user's input, to be reported as one line (exit code 2): our own error classes
-    for input (UsageError, CheckpointError, HubError, ChatTemplateError), files that are missing or unreadable, a
-    diverging run, and a ValueError that tuneforge raised itself about what it was given (its innermost frame is in
-    tuneforge, raised by a `raise` statement: arguments, data, configs). Anything else (a KeyError, a TypeError, a
-    ValueError from inside torch or numpy) is a bug and keeps its traceback."""
-    from .chat_template import ChatTemplateError
-    from .checkpoint_io import CheckpointError
-    from .hub import HubError
-    from .question_answering import QADataError
-    from .token_classification import TagDataError
-    if isinstance(error, (UsageError, CheckpointError, HubError, ChatTemplateError, QADataError, TagDataError,
-                          FloatingPointError,
-                          FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
-        return True
-    if type(error) is not ValueError or error.__traceback__ is None:
-        return False
-    tb = error.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame_file = os.path.abspath(tb.tb_frame.f_code.co_filename)
-    if not frame_file.startswith(package + os.sep):
-        return False
-    import linecache
-    return linecache.getline(frame_file, tb.tb_lineno).strip().startswith("raise")
+def one_line_errors() -> tuple[type[BaseException], ...]:
+    """What main() reports as one line with exit code 2: the user's mistakes (InputError: arguments, data, configs,
+    files; UsageError, CheckpointError, ChatTemplateError, QADataError and TagDataError are InputErrors), files that
+    are missing or unreadable, a hub operation that failed (HubError, an OSError), a disk with no room or no write
+    access for a checkpoint (CheckpointWriteError) and a diverging run (FloatingPointError). Anything else, a plain
+    ValueError or KeyError included, is a bug and keeps its traceback."""
+    from .hub import HubError  # hub.py is imported lazily everywhere
+    return (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, HubError,
+            CheckpointWriteError, FloatingPointError)
 
 
-class UsageError(Exception):
-    """Input the user can fix; reported as one line on stderr with exit code 2."""
+class UsageError(InputError):
+    """A mistake in the command line or its files, found by the CLI itself; one line on stderr, exit code 2."""
 
 
 def _is_main_process() -> bool:
@@ -950,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result = opts.run(opts)
     except Exception as error:
-        if not is_user_mistake(error):
+        if not isinstance(error, one_line_errors()):
             raise  # an internal bug keeps its traceback
         print(f"tuneforge {opts.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2

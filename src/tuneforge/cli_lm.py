@@ -13,6 +13,10 @@ message lists). Both tasks read them alike (training/sft.py's prepare_dataset, s
   ending with the eos token) are concatenated and cut into blocks of --max-length tokens (`group_texts`), so a long
   record spans blocks and nothing is cut away; the last, shorter block is kept (tuneforge spends nothing on its
   padding), where the recipe drops it.
+
+`--lora` (with --lora-r, --lora-alpha, --lora-target) trains a CAUSAL_LM adapter instead of the whole model; the
+output folder is then an adapter folder, which evaluate, generate and merge take (the base from its
+adapter_config.json).
 """
 from __future__ import annotations
 
@@ -130,9 +134,15 @@ def _check_lengths(rows: list[dict], path: Path, max_length: int) -> None:
 
 def _check_options(opts) -> None:
     task = opts.task
-    for dest in ("text_pair_column", "label_column", "stride", "lora"):
+    for dest in ("text_pair_column", "label_column", "stride"):
         if getattr(opts, dest, None):
             raise cli.UsageError(f"--{dest.replace('_', '-')} is not for --task {task}")
+    if getattr(opts, "lora", False) and opts.gguf_file:
+        # The adapter names its base by a folder (adapter_config.json's base_model_name_or_path), which a GGUF
+        # file inside one is not: neither PEFT nor evaluate/generate/merge could load the base again.
+        raise cli.UsageError("--lora with --gguf-file: an adapter's base must be a model folder; convert the GGUF "
+                             "file first (AutoModelForCausalLM.from_pretrained(DIR, gguf_file=NAME)"
+                             ".save_pretrained(FOLDER), tokenizer likewise) and train on that folder")
     if opts.model is None:
         raise cli.UsageError(f"--task {task} needs --model DIR: a decoder (causal LM) folder")
     if getattr(opts, "train", "") is None:
@@ -145,6 +155,17 @@ def _check_options(opts) -> None:
                 raise cli.UsageError(f"{LM_FLAGS[dest]} is for --task sft; causal-lm trains on every token{why}")
 
 
+def _load_config(folder: str):
+    """The model's config; for a LoRA adapter folder (train --lora writes one), its base model's."""
+    from .peft.lora import LoraConfig, is_adapter_folder
+    if is_adapter_folder(folder):
+        base = LoraConfig.from_pretrained(folder).base_model_name_or_path
+        if not base:
+            raise cli.UsageError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+        return cli.load_config(base)
+    return cli.load_config(folder)
+
+
 def _load_tokenizer_and_capacity(opts):
     from .models import AutoModelForCausalLM
     from .tokenizer import AutoTokenizer
@@ -154,7 +175,7 @@ def _load_tokenizer_and_capacity(opts):
         model = AutoModelForCausalLM.from_pretrained(opts.model, **gguf)
         config = model.config
     else:
-        config = cli.load_config(opts.model)
+        config = _load_config(opts.model)
     tokenizer = AutoTokenizer.from_pretrained(opts.model, **gguf)
     if tokenizer.pad_token is None:  # the recipe's tokenizer.pad_token = tokenizer.eos_token (as SFTTrainer does)
         if tokenizer.eos_token is None:
@@ -226,6 +247,7 @@ def cmd_train_lm(opts):
     set_seed(sft_args.seed)
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(opts.model)
+    model = cli.with_lora(model, opts, "CAUSAL_LM")
     unit = "blocks" if task == "causal-lm" else "packed rows" if opts.packing else "records"
     cli.note(f"{'training' if task == 'causal-lm' else 'fine-tuning (SFT)'} {opts.model} "
              f"({model.num_parameters() / 1e6:.1f}M parameters) on {train_path} ({len(train_set)} {unit}, "
@@ -385,7 +407,7 @@ def cmd_generate(opts):
         raise cli.UsageError("--temperature and --top-p apply with --do-sample only")
     gguf = {"gguf_file": opts.gguf_file} if opts.gguf_file else {}
     if not gguf:
-        cli.load_config(opts.model)  # not a model folder: one line, before the weights
+        _load_config(opts.model)  # not a model folder: one line, before the weights
     tokenizer = AutoTokenizer.from_pretrained(opts.model, **gguf)
     prompts = _prompts(opts, tokenizer)
     chat = opts.chat or any(not isinstance(p, str) for p in prompts)

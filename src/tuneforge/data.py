@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .errors import InputError
+
 PADDED_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_KEYS = ("labels", "label", "label_ids")
 
@@ -114,7 +116,7 @@ class DataCollatorWithPadding:
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+            raise InputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
 
     def __call__(self, features: list[Mapping]) -> dict:
         width = self.max_length if self.padding == "max_length" else _real_length(features)
@@ -150,23 +152,23 @@ class DataCollatorForLanguageModeling:
                  tf_experimental_compile: bool = False, return_tensors: str = "pt", seed: int | None = None,
                  whole_word_mask: bool = False):
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+            raise InputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
         if whole_word_mask:
-            raise ValueError("DataCollatorForLanguageModeling(whole_word_mask=True) is not implemented; masking is "
+            raise InputError("DataCollatorForLanguageModeling(whole_word_mask=True) is not implemented; masking is "
                              "per token")
         if tf_experimental_compile:
-            raise ValueError("tf_experimental_compile=True is TensorFlow-only; tuneforge runs on PyTorch")
+            raise InputError("tf_experimental_compile=True is TensorFlow-only; tuneforge runs on PyTorch")
         if mlm:
             if tokenizer is None or getattr(tokenizer, "mask_token_id", None) is None:
-                raise ValueError("DataCollatorForLanguageModeling(mlm=True) needs a tokenizer with a mask token; "
+                raise InputError("DataCollatorForLanguageModeling(mlm=True) needs a tokenizer with a mask token; "
                                  "pass mlm=False for causal language modelling")
             if mlm_probability is None or not 0 <= mlm_probability <= 1:
-                raise ValueError(f"mlm_probability must be between 0 and 1, got {mlm_probability}")
+                raise InputError(f"mlm_probability must be between 0 and 1, got {mlm_probability}")
             for name, value in (("mask_replace_prob", mask_replace_prob), ("random_replace_prob", random_replace_prob)):
                 if not 0 <= value <= 1:
-                    raise ValueError(f"{name} must be between 0 and 1, got {value}")
+                    raise InputError(f"{name} must be between 0 and 1, got {value}")
             if mask_replace_prob + random_replace_prob > 1:
-                raise ValueError("the sum of mask_replace_prob and random_replace_prob must not exceed 1")
+                raise InputError("the sum of mask_replace_prob and random_replace_prob must not exceed 1")
         self.tokenizer, self.mlm, self.mlm_probability = tokenizer, mlm, mlm_probability
         self.mask_replace_prob, self.random_replace_prob = float(mask_replace_prob), float(random_replace_prob)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -242,16 +244,16 @@ def _padded_width(lengths: list[int], padding, max_length: int | None, pad_to_mu
     if padding == "max_length":
         width = max_length if max_length is not None else getattr(tokenizer, "model_max_length", None)
         if width is None or width >= 1e29:
-            raise ValueError("padding='max_length' needs max_length= (the tokenizer declares no model_max_length)")
+            raise InputError("padding='max_length' needs max_length= (the tokenizer declares no model_max_length)")
     elif padding in (True, "longest"):
         width = longest
     elif padding in (False, "do_not_pad"):
         if len(set(lengths)) > 1:
-            raise ValueError(f"padding=False but the batch's sequences differ in length ({min(lengths)} to "
+            raise InputError(f"padding=False but the batch's sequences differ in length ({min(lengths)} to "
                              f"{longest} tokens): tensors need one length; pad them (padding=True)")
         width = longest
     else:
-        raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+        raise InputError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
     if pad_to_multiple_of:
         width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
     return width
@@ -298,7 +300,7 @@ class DataCollatorForTokenClassification:
     def __init__(self, tokenizer, padding=True, max_length: int | None = None, pad_to_multiple_of: int | None = None,
                  label_pad_token_id: int = -100, return_tensors: str = "pt"):
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+            raise InputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
         self.tokenizer = tokenizer
         self.padding, self.max_length, self.pad_to_multiple_of = padding, max_length, pad_to_multiple_of
         self.label_pad_token_id = label_pad_token_id
@@ -310,7 +312,7 @@ class DataCollatorForTokenClassification:
             labels = [np.asarray(f[label_key]).tolist() for f in features]
             for row, (label, n) in enumerate(zip(labels, lengths)):
                 if len(label) < n:
-                    raise ValueError(f"row {row} of the batch has {n} tokens but {len(label)} labels: token "
+                    raise InputError(f"row {row} of the batch has {n} tokens but {len(label)} labels: token "
                                      "classification needs one label per token (-100 where none)")
             left = getattr(self.tokenizer, "padding_side", "right") == "left"
             batch["labels"] = _pad_side([label[:n] for label, n in zip(labels, lengths)], self.label_pad_token_id,
@@ -328,7 +330,7 @@ class DataCollatorForMultipleChoice:
     def __init__(self, tokenizer, padding=True, max_length: int | None = None, pad_to_multiple_of: int | None = None,
                  return_tensors: str = "pt"):
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+            raise InputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
         self.tokenizer = tokenizer
         self.padding, self.max_length, self.pad_to_multiple_of = padding, max_length, pad_to_multiple_of
 
@@ -337,7 +339,7 @@ class DataCollatorForMultipleChoice:
         num_choices = len(examples[0]["input_ids"])
         for row, example in enumerate(examples):
             if len(example["input_ids"]) != num_choices:
-                raise ValueError(f"example {row} of the batch has {len(example['input_ids'])} choices, the first "
+                raise InputError(f"example {row} of the batch has {len(example['input_ids'])} choices, the first "
                                  f"has {num_choices}: a batch needs the same number of choices in every example")
         keys = [k for k in examples[0] if k in PADDED_KEYS]
         flat = [{k: example[k][i] for k in keys} for example in examples for i in range(num_choices)]
@@ -353,12 +355,12 @@ class DefaultDataCollator:
 
     def __init__(self, return_tensors: str = "pt"):
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+            raise InputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
         self.return_tensors = return_tensors
 
     def __call__(self, features: list[Mapping], return_tensors: str | None = None) -> dict:
         if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+            raise InputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
         return default_data_collator(features)
 
 

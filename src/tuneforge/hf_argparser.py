@@ -12,6 +12,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Union, get_type_hints
 
+from .errors import InputError
+
 
 def string_to_bool(v):
     if isinstance(v, bool):
@@ -36,7 +38,7 @@ def _narrow(name: str, tp):
     if origin is Union or isinstance(tp, types.UnionType):
         members = tp.__args__
         if str not in members and (len(members) != 2 or type(None) not in members):
-            raise ValueError(f"Only `Union[X, NoneType]` (i.e., `Optional[X]`) is allowed for `Union` because the "
+            raise InputError(f"Only `Union[X, NoneType]` (i.e., `Optional[X]`) is allowed for `Union` because the "
                              f"argument parser only supports one type per argument. Problem encountered in field "
                              f"'{name}'.")
         real = [m for m in members if m is not type(None)]
@@ -143,7 +145,7 @@ class HfArgumentParser(ArgumentParser):
         if return_remaining_strings:
             return (*outputs, remaining)
         if remaining:
-            raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {remaining}")
+            raise InputError(f"Some specified arguments are not used by the HfArgumentParser: {remaining}")
         return tuple(outputs)
 
     def parse_dict(self, args: dict[str, Any], allow_extra_keys: bool = False) -> tuple:
@@ -154,7 +156,7 @@ class HfArgumentParser(ArgumentParser):
             outputs.append(dtype(**{k: v for k, v in args.items() if k in names}))
             unused -= names
         if not allow_extra_keys and unused:
-            raise ValueError(f"Some keys are not used by the HfArgumentParser: {sorted(unused)}")
+            raise InputError(f"Some keys are not used by the HfArgumentParser: {sorted(unused)}")
         return tuple(outputs)
 
     def parse_json_file(self, json_file, allow_extra_keys: bool = False) -> tuple:

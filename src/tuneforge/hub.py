@@ -3,10 +3,12 @@
 This is the only tuneforge module that imports ``huggingface_hub``, and it does so inside functions, so
 importing tuneforge never needs it; other modules import this one lazily.
 
-Settings are read from the environment at *call* time, not when ``huggingface_hub`` was imported
-(it reads several of them once, at import): ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``,
-``HF_HUB_OFFLINE``, ``HF_TOKEN`` and ``HF_TOKEN_PATH`` are resolved here and passed explicitly, and
-``HF_HUB_DISABLE_XET``, when set, is applied to huggingface_hub before each transfer.
+Settings are huggingface_hub's own (``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``,
+``HF_TOKEN`` / ``HF_TOKEN_PATH``, ``HF_HUB_DISABLE_XET``, ...), but read when a tuneforge hub call is made, not
+only when huggingface_hub was imported (it computes ``huggingface_hub.constants`` once, at import): each call
+runs huggingface_hub's constants module again against the environment as it is now and applies what changed
+for the duration of the call (see :func:`_hub_settings`). Failures are classified by huggingface_hub's own
+error classes into one-line :class:`HubError` messages; the model card is a ``huggingface_hub.ModelCard``.
 
 Pushing a training run (what ``Trainer`` uses): :func:`model_files` picks the model out of an output folder
 (top-level config, weights, tokenizer, training_args.json and README.md; never logs, training state or
@@ -22,6 +24,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import importlib.metadata
+import importlib.util
 import logging
 import math
 import os
@@ -43,13 +46,12 @@ __all__ = [
     "push_checkpoint",
     "model_files",
     "dataset_name",
+    "model_task",
     "write_model_card",
     "redact",
 ]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
 
 #: Files fetched by :func:`resolve_folder` unless ``allow_patterns`` says otherwise.
 DEFAULT_ALLOW_PATTERNS = (
@@ -68,8 +70,7 @@ DEFAULT_ALLOW_PATTERNS = (
 
 REDACTED = "<redacted>"
 
-_TRUE = {"1", "on", "yes", "true"}
-_SETTINGS_LOCK = threading.Lock()
+_SETTINGS_LOCK = threading.RLock()
 # Things that look like credentials, scrubbed from any message this module builds.
 _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
@@ -94,71 +95,38 @@ class HubError(OSError):
         self.original = original
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Settings resolved at call time
-# ---------------------------------------------------------------------------------------------------------------
-def _endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+@contextlib.contextmanager
+def _hub_settings():
+    """``huggingface_hub.constants`` as huggingface_hub's own code computes it from the environment *now*, for
+    the duration of the block (then restored); yields that module.
 
+    huggingface_hub reads the environment once, at import, so a script (or a test) that sets ``HF_ENDPOINT``,
+    ``HF_HOME`` or ``HF_HUB_OFFLINE`` afterwards would otherwise be ignored. Its constants module is run again
+    into a private copy, and every setting (endpoint, cache and token paths, timeouts, switches) that differs
+    is applied; a switch the environment leaves off (or unset) does not undo one the program set in
+    ``huggingface_hub.constants`` (say ``constants.HF_HUB_DISABLE_XET = True``). The module-level ``HfApi`` that
+    huggingface_hub's ``login``/``whoami`` use is pointed at the endpoint too. Other threads calling
+    huggingface_hub meanwhile see the same settings; tuneforge's own hub calls run one at a time."""
+    from huggingface_hub import constants, hf_api
 
-def _expand(path: str) -> str:
-    return os.path.expandvars(os.path.expanduser(path))
-
-
-def _hf_home() -> str:
-    home = os.environ.get("HF_HOME")
-    if home:
-        return _expand(home)
-    return _expand(os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))
-
-
-def _cache_dir() -> str:
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return _expand(os.environ[var])
-    return os.path.join(_hf_home(), "hub")
-
-
-def _token_path() -> str:
-    if os.environ.get("HF_TOKEN_PATH"):
-        return _expand(os.environ["HF_TOKEN_PATH"])
-    return os.path.join(_hf_home(), "token")
-
-
-def _offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().lower() in _TRUE
-
-
-def _env_token() -> str | None:
-    value = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    return (value or "").strip() or None
-
-
-def _token(token: str | None):
-    """The token to pass to huggingface_hub: explicit, else ``HF_TOKEN``, else the saved one (or ``False``: none)."""
-    if token:
-        return token
-    env = _env_token()
-    if env:
-        return env
-    path = _token_path()
-    try:
-        from huggingface_hub import constants
-
-        if os.path.abspath(path) == os.path.abspath(constants.HF_TOKEN_PATH):
-            return None  # huggingface_hub reads that same file itself (and handles OAuth refresh)
-    except Exception:
-        pass
-    try:
-        saved = Path(path).read_text().strip()
-    except OSError:
-        saved = ""
-    return saved or False
-
-
-def _has_token(hub_token) -> bool:
-    return bool(hub_token) or (hub_token is None and os.path.exists(_token_path()))
+    spec = importlib.util.find_spec(constants.__name__)
+    now = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(now)
+    patches = [(constants, name, value) for name, value in vars(now).items()
+               if name.isupper() and isinstance(value, (str, int, float)) and value is not False
+               and getattr(constants, name, None) != value]
+    module_api = getattr(hf_api, "api", None)
+    if module_api is not None and getattr(module_api, "endpoint", now.ENDPOINT) != now.ENDPOINT:
+        patches.append((module_api, "endpoint", now.ENDPOINT))
+    with _SETTINGS_LOCK:
+        saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches if hasattr(obj, name)]
+        try:
+            for obj, name, value in patches:
+                setattr(obj, name, value)
+            yield constants
+        finally:
+            for obj, name, value in saved:
+                setattr(obj, name, value)
 
 
 def _version(dist: str) -> str | None:
@@ -173,32 +141,6 @@ def _tuneforge_version() -> str:
     return getattr(package, "__version__", None) or _version("tuneforge") or "unknown"
 
 
-@contextlib.contextmanager
-def _synced_hub_settings(endpoint: str):
-    """Point huggingface_hub's import-time settings used by ``login`` at the current environment, then restore."""
-    from huggingface_hub import constants, hf_api
-
-    token_path = _token_path()
-    patches = [
-        (constants, "ENDPOINT", endpoint),
-        (constants, "HF_TOKEN_PATH", token_path),
-        (constants, "HF_STORED_TOKENS_PATH", os.path.join(os.path.dirname(token_path), "stored_tokens")),
-    ]
-    module_api = getattr(hf_api, "api", None)
-    if module_api is not None and hasattr(module_api, "endpoint"):
-        patches.append((module_api, "endpoint", endpoint))
-    with _SETTINGS_LOCK:
-        saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches if hasattr(obj, name)]
-        try:
-            for obj, name, value in patches:
-                if hasattr(obj, name):
-                    setattr(obj, name, value)
-            yield
-        finally:
-            for obj, name, value in saved:
-                setattr(obj, name, value)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Error messages
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,63 +153,55 @@ def _scrub(text: str, *secrets: Any) -> str:
     return text
 
 
-def _chain(err: BaseException):
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
-
-
 def _first_line(text: str, limit: int = 160) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
+def _reason(err: BaseException, *, revision: str | None = None, has_token: bool = False) -> str:
+    """A short, single-line cause for ``err``, from huggingface_hub's error classes (which it picks from the
+    server's ``X-Error-Code``) on ``err`` and what caused it."""
+    from huggingface_hub import errors
 
-
-def _reason(err: BaseException, *, revision: str | None = None, offline: bool = False, has_token: bool = False) -> str:
-    """A short, single-line cause for ``err`` (walking its cause chain)."""
-    names = {type(e).__name__ for e in _chain(err)}
-    for e in _chain(err):
-        name = type(e).__name__
-        if name == "HFValidationError":
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:  # huggingface_hub raises some errors "from" the real cause
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        if isinstance(e, errors.HFValidationError):
             return "not a valid hub repo id, which looks like namespace/name"
-        if name == "GatedRepoError":
-            return "gated repository: accept its conditions on the hub and give a token"
-        if name == "RepositoryNotFoundError":
+        if isinstance(e, errors.GatedRepoError):  # before RepositoryNotFoundError: it is one
+            return "gated repository: accept its conditions on the hub, then give a token (HF_TOKEN or token=)"
+        if isinstance(e, errors.DisabledRepoError):
+            return "the repository is disabled on the hub"
+        if isinstance(e, errors.RepositoryNotFoundError):
             if has_token:
                 return "repository not found, or private and the token cannot read it"
             return "repository not found, or private and no token was given"
-        if name == "RevisionNotFoundError":
+        if isinstance(e, errors.RevisionNotFoundError):
             return f"revision {revision!r} not found" if revision else "revision not found"
-        if name in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+        if isinstance(e, errors.RemoteEntryNotFoundError):
             return "a file was not found in the repository"
-        if name == "OfflineModeIsEnabled" or (offline and name == "LocalEntryNotFoundError"):
-            return "offline mode is on (HF_HUB_OFFLINE) and the local cache has no copy"
+        if isinstance(e, errors.OfflineModeIsEnabled):
+            return "offline mode is on (HF_HUB_OFFLINE)"
+        # Transport failures are the HTTP client's own classes (requests, httpx, httpx2 across huggingface_hub's
+        # versions), so they are told apart by name.
+        name = type(e).__name__
         if "Timeout" in name or isinstance(e, TimeoutError):
             return "timed out"
         if "ConnectError" in name or "ConnectionError" in name or isinstance(e, ConnectionError):
             return f"could not connect: {_first_line(e, 100)}"
-        status = _status(e)
-        if status is not None:
+        if isinstance(e, errors.HfHubHTTPError):
+            status = getattr(e.response, "status_code", None)
             if status == 401:
                 return "authentication failed (HTTP 401): the token is missing or invalid"
             if status == 403:
                 return "permission denied (HTTP 403): the token cannot write there"
-            server_message = None
-            response = getattr(e, "response", None)
-            headers = getattr(response, "headers", None)
-            if headers is not None:
-                server_message = headers.get("X-Error-Message")
-            return f"HTTP {status}" + (f": {_first_line(server_message, 100)}" if server_message else "")
-    if "LocalEntryNotFoundError" in names:
+            return f"HTTP {status}" + (f": {_first_line(e.server_message, 100)}" if e.server_message else "")
+    if any(isinstance(e, errors.LocalEntryNotFoundError) for e in chain):
         return "not reachable and not in the local cache"
-    return _first_line(f"{type(err).__name__}: {err}", 160)
+    return _first_line(f"{type(chain[0]).__name__}: {chain[0]}", 160)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,20 +216,20 @@ def login(token: str | None = None) -> None:
     """
     import huggingface_hub
 
-    endpoint = _endpoint()
-    token = token or _env_token()
-    if token is None and not (sys.stdin and sys.stdin.isatty()):
-        raise HubError(f"could not log in to the hub at {endpoint} (no token: pass token= or set HF_TOKEN)",
-                       endpoint=endpoint, reason="no token")
-    with _synced_hub_settings(endpoint):
+    token = token or os.environ.get("HF_TOKEN") or None  # huggingface_hub.login() would ignore HF_TOKEN and prompt
+    with _hub_settings() as constants:
+        endpoint = constants.ENDPOINT
+        if token is None and not (sys.stdin and sys.stdin.isatty()):
+            raise HubError(f"could not log in to the hub at {endpoint} (no token: pass token= or set HF_TOKEN)",
+                           endpoint=endpoint, reason="no token")
         try:
             if token is None:
                 huggingface_hub.login()
             else:
                 huggingface_hub.login(token=token, add_to_git_credential=False)
         except Exception as err:
-            reason = _scrub(_reason(err), token)
-            if _status(err) == 401 or "Invalid user token" in str(err):
+            reason = _scrub(_reason(err, has_token=True), token)
+            if reason.startswith("authentication failed"):
                 reason = "the token was refused (HTTP 401)"
             raise HubError(
                 f"could not log in to the hub at {endpoint} ({reason})", endpoint=endpoint, reason=reason, original=err
@@ -326,101 +260,73 @@ def resolve_folder(
     if path.is_dir():
         return path
     name = os.fspath(name_or_path)
-    endpoint = _endpoint()
-    offline = _offline() or local_files_only
-    cache = _expand(os.fspath(cache_dir)) if cache_dir is not None else _cache_dir()
-    if allow_patterns is None:
-        patterns = list(DEFAULT_ALLOW_PATTERNS)
-    elif isinstance(allow_patterns, str):
-        patterns = [allow_patterns]
-    else:
-        patterns = list(allow_patterns)
-    hub_token = _token(token)
+    patterns = _patterns(allow_patterns) or list(DEFAULT_ALLOW_PATTERNS)
+    with _hub_settings() as constants:
+        endpoint = constants.ENDPOINT
+        cache = os.path.expanduser(os.fspath(cache_dir)) if cache_dir is not None else constants.HF_HUB_CACHE
+        offline = constants.HF_HUB_OFFLINE or local_files_only
 
-    def fail(reason: str, original: BaseException | None = None):
-        reason = _scrub(reason, token, hub_token)
-        message = (
-            f"{name!r} is not a local folder and could not be fetched from the hub at {endpoint} ({reason}); "
-            f"check the path or repo id, set HF_TOKEN for a private repo, "
-            f"or fetch it once online so that it is cached in {cache}"
-        )
-        return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=name, reason=reason,
-                        original=original)
+        def fail(reason: str, original: BaseException | None = None):
+            if (offline and "not in the local cache" in reason) or reason.startswith("offline mode"):
+                reason = "offline mode is on (HF_HUB_OFFLINE) and the local cache has no copy"
+            message = (
+                f"{name!r} is not a local folder and could not be fetched from the hub at {endpoint} ({reason}); "
+                f"check the path or repo id, set HF_TOKEN for a private repo, "
+                f"or fetch it once online so that it is cached in {cache}"
+            )
+            return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=name,
+                            reason=_scrub(reason, token, hub_token), original=original)
 
-    _sync_xet_setting()
-    try:
-        from huggingface_hub import snapshot_download
+        hub_token = None
+        try:
+            from huggingface_hub import get_token, snapshot_download
 
-        folder = snapshot_download(
-            repo_id=name,
-            revision=revision,
-            token=hub_token,
-            allow_patterns=patterns,
-            cache_dir=cache,
-            endpoint=endpoint,
-            local_files_only=offline,
-            force_download=force_download,
-            library_name="tuneforge",
-            library_version=_tuneforge_version(),
-        )
-    except Exception as err:
-        raise fail(_reason(err, revision=revision, offline=offline, has_token=_has_token(hub_token)), err) from None
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise fail(f"the repository has no file matching {', '.join(patterns)}")
+            hub_token = token or get_token()
+            folder = snapshot_download(
+                repo_id=name, revision=revision, token=hub_token, allow_patterns=patterns, cache_dir=cache,
+                endpoint=endpoint, local_files_only=offline, force_download=force_download,
+                library_name="tuneforge", library_version=_tuneforge_version(),
+            )
+        except Exception as err:
+            raise fail(_reason(err, revision=revision, has_token=bool(hub_token)), err) from None
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise fail(f"the repository has no file matching {', '.join(patterns)}")
     logger.debug("Resolved %r to %s", name, folder)
     return folder
 
 
-_XET_OVERRIDE: dict[str, bool] = {}  # "saved": huggingface_hub's own value, while ours is applied
-
-
-def _sync_xet_setting() -> None:
-    """Apply ``HF_HUB_DISABLE_XET`` as it is now (huggingface_hub reads it once, at import); once it is unset
-    again, put back huggingface_hub's own value."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return
-    value = os.environ.get("HF_HUB_DISABLE_XET")
-    with _SETTINGS_LOCK:
-        if value is None:
-            if "saved" in _XET_OVERRIDE:
-                constants.HF_HUB_DISABLE_XET = _XET_OVERRIDE.pop("saved")
-            return
-        _XET_OVERRIDE.setdefault("saved", constants.HF_HUB_DISABLE_XET)
-        constants.HF_HUB_DISABLE_XET = value.strip().lower() in _TRUE
-
-
-def _push(source: str, repo_id: str, token, private, revision, commit):
+def _push(source: str, repo_id: str, token, private, revision, commit, problem: str | None = None):
     """Create ``repo_id`` if missing (a bare name goes to the token's own namespace), make the branch
-    ``revision`` if needed, then run ``commit(api, full_repo_id)``. Errors become one-line :class:`HubError`."""
-    endpoint = _endpoint()
-    hub_token = _token(token)
+    ``revision`` if needed, then run ``commit(api, full_repo_id)``. Errors (and ``problem``, one found
+    beforehand) become one-line :class:`HubError`."""
+    with _hub_settings() as constants:
+        endpoint = constants.ENDPOINT
+        hub_token = None
 
-    def fail(reason: str, original: BaseException | None = None):
-        reason = _scrub(reason, token, hub_token)
-        message = f"could not push {source!r} to {repo_id!r} on the hub at {endpoint} ({reason})"
-        return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=repo_id, reason=reason,
-                        original=original)
+        def fail(reason: str, original: BaseException | None = None):
+            reason = _scrub(reason, token, hub_token)
+            message = f"could not push {source!r} to {repo_id!r} on the hub at {endpoint} ({reason})"
+            return HubError(_scrub(message, token, hub_token), endpoint=endpoint, repo_id=repo_id, reason=reason,
+                            original=original)
 
-    if _offline():
-        raise fail("offline mode is on: unset HF_HUB_OFFLINE to push")
-    _sync_xet_setting()
-    try:
-        from huggingface_hub import HfApi
+        if problem:
+            raise fail(problem)
+        if constants.HF_HUB_OFFLINE:
+            raise fail("offline mode is on: unset HF_HUB_OFFLINE to push")
+        try:
+            from huggingface_hub import HfApi, get_token
 
-        api = HfApi(endpoint=endpoint, token=hub_token, library_name="tuneforge",
-                    library_version=_tuneforge_version())
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        full_id = getattr(url, "repo_id", None) or repo_id
-        if revision and revision != "main":
-            api.create_branch(full_id, branch=revision, exist_ok=True, repo_type="model")
-        info = commit(api, full_id)
-    except HubError:
-        raise
-    except Exception as err:
-        raise fail(_reason(err, revision=revision, has_token=_has_token(hub_token)), err) from None
+            hub_token = token or get_token()
+            api = HfApi(endpoint=endpoint, token=hub_token, library_name="tuneforge",
+                        library_version=_tuneforge_version())
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            full_id = getattr(url, "repo_id", None) or repo_id
+            if revision and revision != "main":
+                api.create_branch(full_id, branch=revision, exist_ok=True, repo_type="model")
+            info = commit(api, full_id)
+        except Exception as err:
+            raise fail(_reason(err, revision=revision, has_token=bool(hub_token)), err) from None
     logger.info("Pushed %s to %s on %s", source, full_id, endpoint)
     return info
 
@@ -447,9 +353,6 @@ def push_folder(
     and the repo id.
     """
     folder = Path(os.fspath(folder)).expanduser()
-    if not folder.is_dir():
-        raise HubError(f"could not push {str(folder)!r} to {repo_id!r} on the hub at {_endpoint()} (not a folder)",
-                       endpoint=_endpoint(), repo_id=repo_id, reason="not a folder")
 
     def commit(api, full_id):
         return api.upload_folder(repo_id=full_id, folder_path=str(folder), commit_message=commit_message,
@@ -457,7 +360,8 @@ def push_folder(
                                  ignore_patterns=_patterns(ignore_patterns),
                                  delete_patterns=_patterns(delete_patterns))
 
-    return _push(str(folder), repo_id, token, private, revision, commit)
+    return _push(str(folder), repo_id, token, private, revision, commit,
+                 problem=None if folder.is_dir() else "not a folder")
 
 
 def push_files(
@@ -480,10 +384,7 @@ def push_files(
     files = {str(k).replace(os.sep, "/"): Path(os.fspath(v)) for k, v in files.items()}
     source = source or ", ".join(sorted(files)) or "nothing"
     missing = sorted(k for k, v in files.items() if not v.is_file())
-    if missing or not files:
-        reason = f"not a file: {', '.join(missing)}" if missing else "no files to push"
-        raise HubError(f"could not push {source!r} to {repo_id!r} on the hub at {_endpoint()} ({reason})",
-                       endpoint=_endpoint(), repo_id=repo_id, reason=reason)
+    problem = f"not a file: {', '.join(missing)}" if missing else None if files else "no files to push"
     deletes = _patterns(delete_patterns) or []
 
     def commit(api, full_id):
@@ -497,7 +398,7 @@ def push_files(
         return api.create_commit(repo_id=full_id, operations=operations, commit_message=commit_message,
                                  revision=revision, repo_type="model")
 
-    return _push(source, repo_id, token, private, revision, commit)
+    return _push(source, repo_id, token, private, revision, commit, problem=problem)
 
 
 def _patterns(patterns) -> list[str] | None:
@@ -530,8 +431,7 @@ def push_checkpoint(folder, repo_id: str, *, token: str | None = None, private: 
     replacing the previous one there."""
     folder = Path(os.fspath(folder)).expanduser()
     if not folder.is_dir():
-        raise HubError(f"could not push {str(folder)!r} to {repo_id!r} on the hub at {_endpoint()} (not a folder)",
-                       endpoint=_endpoint(), repo_id=repo_id, reason="not a folder")
+        return push_folder(folder, repo_id, token=token)  # fails, saying it is not a folder
     files: dict[str, Path] = dict(model_files(folder))
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
@@ -599,8 +499,26 @@ def _redact(value):
     return value
 
 
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _SPEED_KEYS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+# What the reference's Trainer card takes from the last evaluation for card data: metric names the hub knows.
+_METRIC_TAGS = ("accuracy", "bleu", "f1", "matthews_correlation", "pearsonr", "precision", "recall", "rouge",
+                "sacrebleu", "spearmanr", "wer")
+# The hub's task ids (and the reference card's names for them), by the end of a model class's name.
+_TASKS = {"ForSequenceClassification": ("text-classification", "Text Classification"),
+          "ForTokenClassification": ("token-classification", "Token Classification"),
+          "ForQuestionAnswering": ("question-answering", "Question Answering"),
+          "ForMultipleChoice": ("multiple-choice", "Multiple Choice"),
+          "ForMaskedLM": ("fill-mask", "Masked Language Modeling"),
+          "ForCausalLM": ("text-generation", "Causal Language Modeling")}
+_TASK_NAMES = dict(_TASKS.values())
+
+
+def model_task(model) -> str | None:
+    """The hub task id of ``model`` from its class name (a LoRA wrapper's base model's), as the reference's
+    Trainer infers the card's task: ``BertForSequenceClassification`` -> ``"text-classification"``."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    name = type(base).__name__
+    return next((task for suffix, (task, _) in _TASKS.items() if name.endswith(suffix)), None)
 
 
 def _fmt(value) -> str:
@@ -652,6 +570,18 @@ def _eval_table(log_history) -> list[str]:
     return lines
 
 
+def _last_metrics(log_history) -> dict[str, tuple[str, Any]]:
+    """Metric tag -> (logged key, value) for the known metrics of the last evaluation in ``log_history``."""
+    evaluations = [e for e in (log_history or ()) if isinstance(e, Mapping) and "eval_loss" in e]
+    found = {}
+    for key, value in (evaluations[-1] if evaluations else {}).items():
+        tag = str(key).removeprefix("eval_").lower()
+        tag = "rouge" if tag == "rouge1" else tag
+        if tag in _METRIC_TAGS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.setdefault(tag, (str(key), value))
+    return found
+
+
 def write_model_card(
     folder,
     *,
@@ -665,46 +595,58 @@ def write_model_card(
     language=None,
     license: str | None = None,
     tags=None,
+    tasks=None,
+    dataset_args=None,
 ) -> Path:
-    """Write ``folder/README.md``: YAML front matter (library_name, base_model, tags, datasets) and sections
-    for the description, label names, evaluation results (one table row per evaluation in ``log_history``),
-    training hyperparameters and framework versions. Keys containing "token" are never written."""
-    import yaml
+    """Write ``folder/README.md``, a ``huggingface_hub.ModelCard``: card data (library_name, base_model when it
+    is a hub id, tags, datasets, language, license, metrics and a model-index with the last evaluation's known
+    metrics per task and dataset, as the reference's Trainer card) and sections for the description, label names,
+    evaluation results (one table row per evaluation in ``log_history``), training hyperparameters and framework
+    versions. ``tasks`` are hub task ids (default text-classification when there are label names),
+    ``dataset_args`` the datasets' configurations. Keys containing "token" are never written."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     folder = Path(os.fspath(folder)).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    datasets = [dataset] if isinstance(dataset, str) else [str(d) for d in dataset] if dataset else []
-    base_is_repo = bool(base_model) and _REPO_ID_RE.match(str(base_model)) and not Path(str(base_model)).exists()
+    as_list = lambda v: [str(v)] if isinstance(v, str) else [str(x) for x in v or ()]  # noqa: E731
+    datasets, configs = as_list(dataset), as_list(dataset_args)
+    configs += [None] * (len(datasets) - len(configs))
+    base_is_repo = bool(base_model) and not Path(str(base_model)).exists()
+    try:
+        base_is_repo and validate_repo_id(str(base_model))
+    except HFValidationError:
+        base_is_repo = False
+    tasks = as_list(tasks) or (["text-classification"] if id2label else [])
 
-    meta: dict[str, Any] = {"library_name": "tuneforge"}
-    if base_is_repo:
-        meta["base_model"] = str(base_model)
-    extra_tags = tags
-    tags = ["tuneforge", "fine-tuned"] + (["peft", "lora"] if adapter else [])
-    if id2label:
-        tags.append("text-classification")
-    tags += [t for t in ([extra_tags] if isinstance(extra_tags, str) else list(extra_tags or [])) if t not in tags]
-    if language:
-        meta["language"] = language
-    if license:
-        meta["license"] = license
-    meta["tags"] = tags
-    if datasets:
-        meta["datasets"] = datasets
-
+    card_tags = ["tuneforge", "fine-tuned"] + (["peft", "lora"] if adapter else [])
+    card_tags += [t for t in tasks + as_list(tags) if t not in card_tags]
     title = (repo_id or folder.resolve().name).split("/")[-1]
+    metrics = _last_metrics(log_history)
+    results = [EvalResult(task_type=task, task_name=_TASK_NAMES.get(task), dataset_type=name, dataset_name=name,
+                          dataset_config=config, metric_type=tag, metric_name=key, metric_value=value)
+               for task in tasks for name, config in zip(datasets, configs) for tag, (key, value) in metrics.items()]
+    data = ModelCardData(library_name="tuneforge", base_model=str(base_model) if base_is_repo else None,
+                         language=language, license=license, tags=card_tags, datasets=datasets or None,
+                         metrics=list(metrics) or None, model_name=title, eval_results=results or None)
+    front = data.to_yaml(original_order=["library_name", "base_model", "language", "license", "tags", "datasets",
+                                         "metrics"])
+
     if base_model:
-        source = f"[{base_model}]({_endpoint()}/{base_model})" if base_is_repo else f"`{Path(str(base_model)).name}`"
+        with _hub_settings() as constants:
+            endpoint = constants.ENDPOINT
+        source = f"[{base_model}]({endpoint}/{base_model})" if base_is_repo else f"`{Path(str(base_model)).name}`"
         description = f"This model is a fine-tuned version of {source}"
     else:
         description = "This model was fine-tuned"
-    description += f" on the {', '.join(datasets)} dataset" if datasets else ""
+    named = [f"{d} ({c})" if c else d for d, c in zip(datasets, configs)]
+    description += f" on the {', '.join(named)} dataset" if datasets else ""
     description += " with tuneforge."
     if adapter:  # the folder holds a LoRA adapter (adapter_config.json + adapter_model.safetensors), not the model
         description += (" It is a LoRA adapter in PEFT's format: load the base model, then "
                         "`PeftModel.from_pretrained(base, repo)` (tuneforge or peft), or merge it with `tuneforge merge`.")
 
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "", f"# {title}", ""]
+    lines = ["---", front, "---", "", f"# {title}", ""]
     lines += ["## Model description", "", description, ""]
     if repo_id:
         lines += [f"Repository: `{repo_id}`", ""]
@@ -722,5 +664,5 @@ def write_model_card(
         lines.append(f"- {label}: {version}")
     lines.append(f"- python: {platform.python_version()}")
     path = folder / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ModelCard("\n".join(lines) + "\n").save(path)  # parsed by huggingface_hub: the card data must be valid
     return path

@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["Metric", "CombinedMetrics", "load", "combine", "confusion_matrix", "per_class_report"]
 
 _AVERAGES = ("binary", "micro", "macro", "weighted", None)
@@ -25,7 +27,7 @@ _AVERAGES = ("binary", "micro", "macro", "weighted", None)
 def _to_numpy(values, what):
     """``values`` (list, numpy array, torch tensor or scalar) as a numpy array."""
     if values is None:
-        raise ValueError(f"{what} is None")
+        raise InputError(f"{what} is None")
     # A torch tensor can only exist if torch has been imported, so there is no need to import it.
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(values, torch.Tensor):
@@ -46,14 +48,14 @@ def _as_labels(values, what):
     array = _to_numpy(values, what)
     if array.ndim != 1:
         hint = "; for logits, pass logits.argmax(-1)" if array.ndim == 2 else ""
-        raise ValueError(f"{what} must be a 1-D sequence of class ids, got shape {array.shape}{hint}")
+        raise InputError(f"{what} must be a 1-D sequence of class ids, got shape {array.shape}{hint}")
     if array.dtype.kind in "biu":
         return array.astype(np.int64)
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array) | (array != np.round(array))
         if bad.any():
             position = int(np.argmax(bad))
-            raise ValueError(f"{what} must be integer class ids, got {array[position].item()!r} at position {position}")
+            raise InputError(f"{what} must be integer class ids, got {array[position].item()!r} at position {position}")
         return array.astype(np.int64)
     # Strings, None, mixed objects: look at each value so the message can name the culprit.
     labels = np.empty(len(array), dtype=np.int64)
@@ -64,7 +66,7 @@ def _as_labels(values, what):
         elif isinstance(value, float) and math.isfinite(value) and value == round(value):
             labels[position] = int(value)
         else:
-            raise ValueError(f"{what} must be integer class ids, got {value!r} at position {position}")
+            raise InputError(f"{what} must be integer class ids, got {value!r} at position {position}")
     return labels
 
 
@@ -74,21 +76,21 @@ def _as_values(values, what):
     if array.dtype.kind not in "biuf":
         for position, value in enumerate(array.reshape(-1).tolist()):
             if not isinstance(value, (int, float)):
-                raise ValueError(f"{what} must be numbers, got {value!r} at position {position}")
+                raise InputError(f"{what} must be numbers, got {value!r} at position {position}")
     if array.ndim not in (1, 2):
-        raise ValueError(f"{what} must be 1-D or 2-D (examples x outputs), got shape {array.shape}")
+        raise InputError(f"{what} must be 1-D or 2-D (examples x outputs), got shape {array.shape}")
     array = array.astype(np.float64)
     return array[:, np.newaxis] if array.ndim == 1 else array
 
 
 def _check_lengths(predictions, references, sample_weight):
     if len(predictions) != len(references):
-        raise ValueError(
+        raise InputError(
             f"predictions and references differ in length: "
             f"{len(predictions)} predictions, {len(references)} references"
         )
     if sample_weight is not None and len(sample_weight) != len(references):
-        raise ValueError(
+        raise InputError(
             f"sample_weight has {len(sample_weight)} values for {len(references)} examples"
         )
 
@@ -107,7 +109,7 @@ def _as_weights(sample_weight):
         return None
     weights = _to_numpy(sample_weight, "sample_weight")
     if weights.ndim != 1:
-        raise ValueError(f"sample_weight must be 1-D, got shape {weights.shape}")
+        raise InputError(f"sample_weight must be 1-D, got shape {weights.shape}")
     return weights.astype(np.float64)
 
 
@@ -175,12 +177,12 @@ class _RunningValues:
         _check_lengths(predictions, references, weights)
         # sklearn lets a 1-D side meet an (n, 1) side; any other mismatch of outputs is an error.
         if predictions.shape[1] != references.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"predictions have {predictions.shape[1]} outputs per example "
                 f"but references have {references.shape[1]}"
             )
         if self.predictions and len(predictions) and predictions.shape[1] != self.predictions[0].shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"this batch has {predictions.shape[1]} outputs per example, "
                 f"earlier ones had {self.predictions[0].shape[1]}"
             )
@@ -255,16 +257,16 @@ class Metric:
         state = self._state
         if predictions is not None or references is not None:
             if predictions is None or references is None:
-                raise ValueError("compute() needs both predictions and references, or neither")
+                raise InputError("compute() needs both predictions and references, or neither")
             batch = self._prepare(predictions, references, sample_weight)
             state = state.copy()
             state.absorb(batch)
         elif sample_weight is not None:
             # Classification metrics keep counts, not examples, so weights cannot be applied later.
-            raise ValueError("pass sample_weight together with the examples it weighs, "
+            raise InputError("pass sample_weight together with the examples it weighs, "
                              "to compute() or to add_batch()")
         if state.size == 0:
-            raise ValueError(f"{self.name}: no examples to score (empty input); "
+            raise InputError(f"{self.name}: no examples to score (empty input); "
                              "pass predictions= and references= or call add_batch() first")
         return {self.name: self._score(state, **{**self.config, **kwargs})}
 
@@ -305,18 +307,18 @@ class _PrecisionRecallF1(Metric):
 
     def _score(self, state, average, pos_label, labels, zero_division):
         if average not in _AVERAGES:
-            raise ValueError(f"average={average!r} is not one of {list(_AVERAGES)}")
+            raise InputError(f"average={average!r} is not one of {list(_AVERAGES)}")
         zero_value = _zero_division_value(zero_division)
         present = state.labels()
         if average == "binary":
             # As in sklearn: "binary" means at most two distinct labels, and `labels` is ignored.
             if len(present) > 2:
-                raise ValueError(
+                raise InputError(
                     f"the data has {len(present)} classes but average='binary'; "
                     "choose average='macro', 'micro', 'weighted' or None"
                 )
             if _as_labels([pos_label], "pos_label")[0] not in present and len(present) == 2:
-                raise ValueError(f"pos_label={pos_label!r} is not a valid label; it should be one of {present}")
+                raise InputError(f"pos_label={pos_label!r} is not a valid label; it should be one of {present}")
             labels = [pos_label]
         elif labels is None:
             labels = present
@@ -384,7 +386,7 @@ class _Correlation(Metric):
     def _pair(self, state):
         predictions, references, _ = state.arrays()
         if predictions.shape[1] != 1:
-            raise ValueError(f"{self.name} needs one value per example, got {predictions.shape[1]}")
+            raise InputError(f"{self.name} needs one value per example, got {predictions.shape[1]}")
         return predictions[:, 0], references[:, 0]
 
 
@@ -422,7 +424,7 @@ class _Error(Metric):
             if multioutput == "raw_values":
                 return [float(error) for error in errors]
             if multioutput != "uniform_average":
-                raise ValueError(f"multioutput={multioutput!r} is not 'raw_values', "
+                raise InputError(f"multioutput={multioutput!r} is not 'raw_values', "
                                  "'uniform_average' or a list of weights, one per output")
             multioutput = None
         return float(np.average(errors, weights=multioutput))
@@ -460,7 +462,7 @@ def load(name, **config):
         from .structured_metrics import Squad, SeqEval
         return (SeqEval if name == "seqeval" else Squad)(**config)
     if name not in _METRICS:
-        raise ValueError(f"unknown metric {name!r}; available: {', '.join([*_METRICS, 'seqeval', 'squad'])}")
+        raise InputError(f"unknown metric {name!r}; available: {', '.join([*_METRICS, 'seqeval', 'squad'])}")
     return _METRICS[name](**config)
 
 
@@ -508,10 +510,10 @@ def combine(names_or_metrics):
     names = [metric.name for metric in metrics]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"combine() got {', '.join(repeated)} more than once; "
+        raise InputError(f"combine() got {', '.join(repeated)} more than once; "
                          "their results would overwrite each other")
     if not metrics:
-        raise ValueError("combine() needs at least one metric")
+        raise InputError("combine() needs at least one metric")
     return CombinedMetrics(metrics)
 
 
@@ -520,16 +522,16 @@ def combine(names_or_metrics):
 def confusion_matrix(predictions, references, num_labels):
     """Counts with rows = reference (true) label and columns = predicted label, labels 0..num_labels-1."""
     if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
-        raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+        raise InputError(f"num_labels must be a positive integer, got {num_labels!r}")
     predictions = _as_labels(predictions, "predictions")
     references = _as_labels(references, "references")
     _check_lengths(predictions, references, None)
     if len(references) == 0:
-        raise ValueError("confusion_matrix: no examples (empty input)")
+        raise InputError("confusion_matrix: no examples (empty input)")
     for what, labels in (("predictions", predictions), ("references", references)):
         outside = (labels < 0) | (labels >= num_labels)
         if outside.any():
-            raise ValueError(f"{what} contain label {labels[np.argmax(outside)]}, "
+            raise InputError(f"{what} contain label {labels[np.argmax(outside)]}, "
                              f"outside 0..{num_labels - 1} (num_labels={num_labels})")
     flat = np.bincount(references * num_labels + predictions, minlength=num_labels * num_labels)
     return flat.reshape(num_labels, num_labels).tolist()
@@ -555,7 +557,7 @@ def _zero_division_value(zero_division):
             return 0.0
     elif isinstance(zero_division, (int, float)) and (zero_division in (0, 1) or math.isnan(zero_division)):
         return float(zero_division)
-    raise ValueError(f"zero_division={zero_division!r} is not one of 'warn', 0, 1 or nan")
+    raise InputError(f"zero_division={zero_division!r} is not one of 'warn', 0, 1 or nan")
 
 
 def _precision_recall_f1(true_positives, predicted, actual, zero_value):

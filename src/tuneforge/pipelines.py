@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
+
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 # task -> the model head it needs (models/registry.py task names)
 TASK_HEADS = {"text-classification": "sequence_classification", "token-classification": "token_classification",
@@ -47,13 +49,13 @@ def pipeline(task: str, model=None, tokenizer=None, device=None, batch_size: int
     name = TASK_ALIASES.get(task, task)
     if name not in PIPELINES:
         supported = sorted(set(PIPELINES) | set(TASK_ALIASES))
-        raise ValueError(f"unknown pipeline task {task!r}; supported: {', '.join(supported)}")
+        raise InputError(f"unknown pipeline task {task!r}; supported: {', '.join(supported)}")
     if model is None:
-        raise ValueError(f"pipeline({task!r}) needs model=: a checkpoint folder or a loaded model (tuneforge does "
+        raise InputError(f"pipeline({task!r}) needs model=: a checkpoint folder or a loaded model (tuneforge does "
                          "not download a default model)")
     load_options = {**(model_kwargs or {}), **{k: kwargs.pop(k) for k in LOAD_KEYWORDS if k in kwargs}}
     if load_options.get("trust_remote_code"):
-        raise ValueError("pipeline(trust_remote_code=True) is not supported: checkpoints never run their own code")
+        raise InputError("pipeline(trust_remote_code=True) is not supported: checkpoints never run their own code")
     load_options.pop("trust_remote_code", None)
     head = TASK_HEADS[name]
     if isinstance(model, (str, Path)):
@@ -61,17 +63,17 @@ def pipeline(task: str, model=None, tokenizer=None, device=None, batch_size: int
         model = _load_model(name, head, model, load_options)
     else:
         if load_options:
-            raise ValueError(f"pipeline(): {', '.join(sorted(load_options))} only apply when model is a folder; "
+            raise InputError(f"pipeline(): {', '.join(sorted(load_options))} only apply when model is a folder; "
                              "this model is already loaded")
         folder = getattr(getattr(model, "config", None), "name_or_path", None)
         has = _head_of(model)
         if has != head:
-            raise ValueError(f"pipeline({task!r}) needs a {_describe(head)} model, but this "
+            raise InputError(f"pipeline({task!r}) needs a {_describe(head)} model, but this "
                              f"{type(model).__name__} has a {_describe(has)} head; load the checkpoint with "
                              f"{HEAD_AUTO_CLASS[head]}.from_pretrained(folder)")
     if tokenizer is None:
         if not folder:
-            raise ValueError(f"pipeline({task!r}): pass tokenizer= (the model was not loaded from a folder)")
+            raise InputError(f"pipeline({task!r}): pass tokenizer= (the model was not loaded from a folder)")
         tokenizer = folder
     if isinstance(tokenizer, (str, Path)):
         from .tokenizer import AutoTokenizer
@@ -79,7 +81,7 @@ def pipeline(task: str, model=None, tokenizer=None, device=None, batch_size: int
     if device is not None:
         model.to(_device(device))
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     return PIPELINES[name](model, tokenizer, batch_size or DEFAULT_BATCH_SIZE, kwargs)
 
 
@@ -117,7 +119,7 @@ def _load_model(task: str, head: str, folder, options: dict):
         for architecture in values.get("architectures") or ():
             has = saved.get(architecture)
             if has not in (None, "base", head):
-                raise ValueError(f"pipeline({task!r}) needs a {_describe(head)} model, but {config_file} is a "
+                raise InputError(f"pipeline({task!r}) needs a {_describe(head)} model, but {config_file} is a "
                                  f"{architecture} ({_describe(has)} head)")
     return getattr(models, HEAD_AUTO_CLASS[head]).from_pretrained(folder, **options)
 
@@ -214,10 +216,10 @@ class TextClassificationPipeline(Pipeline):
         if isinstance(item, dict):
             unknown = set(item) - {"text", "text_pair"}
             if "text" not in item or unknown:
-                raise ValueError(f"a text pair is {{'text': ..., 'text_pair': ...}}, got keys {sorted(item)}")
+                raise InputError(f"a text pair is {{'text': ..., 'text_pair': ...}}, got keys {sorted(item)}")
             return self.tokenizer(item["text"], item.get("text_pair"), **options)
         if not isinstance(item, str):
-            raise ValueError("The pipeline received invalid inputs, if you are trying to send text pairs, you can "
+            raise InputError("The pipeline received invalid inputs, if you are trying to send text pairs, you can "
                              'try to send a dictionary `{"text": "My text", "text_pair": "My pair"}` in order to '
                              "send a text pair.")
         return self.tokenizer(item, **options)
@@ -233,7 +235,7 @@ class TextClassificationPipeline(Pipeline):
             return self.functions["softmax"]
         name = getattr(name, "value", name)
         if not isinstance(name, str) or name.lower() not in self.functions:
-            raise ValueError(f"function_to_apply={name!r}: use 'sigmoid', 'softmax' or 'none'")
+            raise InputError(f"function_to_apply={name!r}: use 'sigmoid', 'softmax' or 'none'")
         return self.functions[name.lower()]
 
     def _scores(self, logits: np.ndarray, params: dict, legacy: bool):
@@ -245,7 +247,7 @@ class TextClassificationPipeline(Pipeline):
         ranked = sorted(({"label": id2label[i], "score": s.item()} for i, s in enumerate(scores)),
                         key=lambda d: d["score"], reverse=True)
         if top_k is not None and not isinstance(top_k, int):
-            raise ValueError(f"top_k must be an integer or None (all labels), got {top_k!r}")
+            raise InputError(f"top_k must be an integer or None (all labels), got {top_k!r}")
         return ranked if top_k is None else ranked[:top_k]
 
 
@@ -263,23 +265,23 @@ class TokenClassificationPipeline(Pipeline):
         strategy = params.get("aggregation_strategy") or "none"
         strategy = str(getattr(strategy, "value", strategy)).lower()
         if strategy not in AGGREGATIONS:
-            raise ValueError(f"aggregation_strategy={params['aggregation_strategy']!r}: use one of "
+            raise InputError(f"aggregation_strategy={params['aggregation_strategy']!r}: use one of "
                              f"{', '.join(AGGREGATIONS)}")
         split = bool(params.get("is_split_into_words", False))
         stride = params.get("stride")
         if stride is not None:
             if stride >= self.tokenizer.model_max_length:
-                raise ValueError("`stride` must be less than `tokenizer.model_max_length` (or even lower if the "
+                raise InputError("`stride` must be less than `tokenizer.model_max_length` (or even lower if the "
                                  "tokenizer adds special tokens)")
             if strategy == "none":
-                raise ValueError('`stride` was provided to process all the text but `aggregation_strategy="none"`, '
+                raise InputError('`stride` was provided to process all the text but `aggregation_strategy="none"`, '
                                  "please select another one instead.")
         single = isinstance(inputs, str)
         # One list of words is one input, whose result still comes in a list (the reference's shape).
         one_word_list = split and isinstance(inputs, list) and all(isinstance(w, str) for w in inputs)
         items = [inputs] if single or one_word_list else list(inputs)
         if not items:
-            raise ValueError("At least one input is required.")
+            raise InputError("At least one input is required.")
         delimiter = " " if params.get("delimiter") is None else params["delimiter"]
         chunks, owners, sentences = [], [], []
         for n, item in enumerate(items):
@@ -306,7 +308,7 @@ class TokenClassificationPipeline(Pipeline):
         word_chars = None
         if split:
             if not isinstance(item, list):
-                raise ValueError("When `is_split_into_words=True`, `sentence` must be a list of tokens.")
+                raise InputError("When `is_split_into_words=True`, `sentence` must be a list of tokens.")
             sentence, word_chars, position = delimiter.join(item), [], 0
             for word in item:  # each word's characters in the joined sentence
                 word_chars.append((position, position + len(word)))
@@ -314,7 +316,7 @@ class TokenClassificationPipeline(Pipeline):
             encoded = self.tokenizer([item], is_split_into_words=True, **options)
         else:
             if not isinstance(item, str):
-                raise ValueError("When `is_split_into_words=False`, `sentence` must be an untokenized string.")
+                raise InputError("When `is_split_into_words=False`, `sentence` must be an untokenized string.")
             sentence, encoded = item, self.tokenizer([item], **options)
         pieces = []
         for i in range(len(encoded["input_ids"])):  # one row, or the windows of a long text (stride)
@@ -444,13 +446,13 @@ class QuestionAnsweringPipeline(Pipeline):
         top_k = params.get("top_k", 1)
         max_answer_len = params.get("max_answer_len", 15)
         if top_k < 1:
-            raise ValueError(f"top_k parameter should be >= 1 (got {top_k})")
+            raise InputError(f"top_k parameter should be >= 1 (got {top_k})")
         if max_answer_len < 1:
-            raise ValueError(f"max_answer_len parameter should be >= 1 (got {max_answer_len}")
+            raise InputError(f"max_answer_len parameter should be >= 1 (got {max_answer_len}")
         max_seq_len = params.get("max_seq_len") or min(self.tokenizer.model_max_length, 384)
         doc_stride = params.get("doc_stride") or min(max_seq_len // 2, 128)
         if doc_stride > max_seq_len:
-            raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
+            raise InputError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
         question_first = self.tokenizer.padding_side == "right"
         windows, owners, encodings = [], [], []
         for n, (q, c) in enumerate(examples):
@@ -532,23 +534,23 @@ def _qa_examples(args, question, context) -> list[tuple[str, str]]:
             items = [{"question": q, "context": context} for q in question]
         elif isinstance(question, list) and isinstance(context, list):
             if len(question) != len(context):
-                raise ValueError("Questions and contexts don't have the same lengths")
+                raise InputError("Questions and contexts don't have the same lengths")
             items = [{"question": q, "context": c} for q, c in zip(question, context)]
         elif isinstance(question, str) and isinstance(context, str):
             items = [{"question": question, "context": context}]
         else:
-            raise ValueError("question= and context= must be strings or lists of strings")
+            raise InputError("question= and context= must be strings or lists of strings")
     else:
-        raise ValueError("question-answering takes question= and context= (or a dict {'question', 'context'})")
+        raise InputError("question-answering takes question= and context= (or a dict {'question', 'context'})")
     examples = []
     for item in items:
         if not isinstance(item, dict):
-            raise ValueError(f"{item!r} argument needs to be a dict {{'question': ..., 'context': ...}}")
+            raise InputError(f"{item!r} argument needs to be a dict {{'question': ..., 'context': ...}}")
         for key in ("question", "context"):
             if key not in item:
                 raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")
             if item[key] is None or item[key] == "":
-                raise ValueError(f"`{key}` cannot be {'None' if item[key] is None else 'empty'}")
+                raise InputError(f"`{key}` cannot be {'None' if item[key] is None else 'empty'}")
         examples.append((item["question"], item["context"]))
     return examples
 
@@ -574,7 +576,7 @@ class TextGenerationPipeline(Pipeline):
     def __init__(self, model, tokenizer, batch_size, defaults):
         super().__init__(model, tokenizer, batch_size, defaults)
         if not hasattr(model, "generate"):
-            raise ValueError(f"text-generation needs a model that generates; {type(model).__name__} does not")
+            raise InputError(f"text-generation needs a model that generates; {type(model).__name__} does not")
 
     def __call__(self, inputs, **kwargs):
         params = self._params(kwargs)
@@ -582,7 +584,7 @@ class TextGenerationPipeline(Pipeline):
         items = [inputs] if single else list(inputs)
         full_text = params.get("return_full_text", True)
         if "return_full_text" in params and ("return_text" in params or "return_tensors" in params):
-            raise ValueError("`return_full_text` is mutually exclusive with `return_text` and `return_tensors`")
+            raise InputError("`return_full_text` is mutually exclusive with `return_text` and `return_tensors`")
         rows = [self._encode(item, params) for item in items]
         generate_kwargs = self._generate_kwargs(params)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -609,11 +611,11 @@ class TextGenerationPipeline(Pipeline):
                                                            continue_final_message=final, return_dict=True,
                                                            **options)["input_ids"])
         if not isinstance(item, str):
-            raise ValueError(f"text-generation takes strings or chats (lists of {{'role', 'content'}} messages), got "
+            raise InputError(f"text-generation takes strings or chats (lists of {{'role', 'content'}} messages), got "
                              f"{type(item).__name__}")
         ids = list(self.tokenizer(params.get("prefix", "") + item, **options)["input_ids"])
         if not ids:
-            raise ValueError(f"the prompt {item!r} has no tokens")
+            raise InputError(f"the prompt {item!r} has no tokens")
         return ids
 
     def _generate_kwargs(self, params) -> dict:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 
-class QADataError(ValueError):
+
+class QADataError(InputError):
     """A question-answering record that cannot be used, named by its file/id."""
 
 
@@ -94,7 +96,7 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, n_b
     of the two logits (the recipe's rule). Returns [{"id", "prediction_text"}], what load("squad") takes."""
     start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
     if len(start_logits) != len(features):
-        raise ValueError(f"{len(start_logits)} rows of start logits for {len(features)} features: pass the logits "
+        raise InputError(f"{len(start_logits)} rows of start logits for {len(features)} features: pass the logits "
                          "of trainer.predict(features) for these features")
     by_example: dict = {}
     feature_ids = _column(features, "example_id")

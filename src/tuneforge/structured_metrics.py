@@ -13,6 +13,8 @@ import string
 
 import numpy as np
 
+from .errors import InputError
+
 # ----------------------------------------------------------------------------------- seqeval: default mode
 
 
@@ -75,7 +77,7 @@ _SCHEMES = {
 def _token(tag: str, suffix: bool) -> tuple[str, str]:
     prefix = tag[-1] if suffix else tag[0]
     if prefix not in _ANY:
-        raise ValueError(f"tag {tag!r} has no scheme prefix (one of {', '.join(_ANY)})")
+        raise InputError(f"tag {tag!r} has no scheme prefix (one of {', '.join(_ANY)})")
     body = tag[:-1] if suffix else tag[1:]
     return prefix, body.strip("-") or "_"
 
@@ -96,7 +98,7 @@ def _strict_entities(sequences: list[list[str]], scheme: str, suffix: bool) -> s
         tokens = [_token(t, suffix) for t in sentence] + [("O", "_")]
         for tag, token in zip(sentence, tokens):
             if token[0] not in allowed:
-                raise ValueError(f"Invalid token is found: {tag}. Allowed prefixes are: {'|'.join(allowed)}.")
+                raise InputError(f"Invalid token is found: {tag}. Allowed prefixes are: {'|'.join(allowed)}.")
         i, prev = 0, ("O", "_")
         while i < len(tokens):
             token = tokens[i]
@@ -121,7 +123,7 @@ def _auto_detect(sequences: list[list[str]], suffix: bool) -> str:
     for scheme, accepted in _DETECTED.items():
         if prefixes in accepted:
             return scheme
-    raise ValueError(f"This scheme is not supported: {set(prefixes)}")
+    raise InputError(f"This scheme is not supported: {set(prefixes)}")
 
 
 _DETECTED = {
@@ -172,12 +174,12 @@ class SeqEval:
         preds, refs = list(self._predictions), list(self._references)
         if predictions is not None or references is not None:
             if predictions is None or references is None:
-                raise ValueError("compute() needs both predictions and references, or neither")
+                raise InputError("compute() needs both predictions and references, or neither")
             p, r = _tag_sequences(predictions, "predictions"), _tag_sequences(references, "references")
             _same_shape(p, r)
             preds, refs = preds + p, refs + r
         if not refs:
-            raise ValueError("seqeval: no examples to score (empty input)")
+            raise InputError("seqeval: no examples to score (empty input)")
         result = seqeval_scores(preds, refs, **options)
         self._predictions, self._references = [], []
         return result
@@ -202,19 +204,19 @@ def _tag_sequences(values, what: str) -> list[list[str]]:
 
 def _same_shape(predictions, references):
     if len(predictions) != len(references):
-        raise ValueError(f"seqeval: {len(predictions)} predicted sequences but {len(references)} references")
+        raise InputError(f"seqeval: {len(predictions)} predicted sequences but {len(references)} references")
     for row, (p, r) in enumerate(zip(predictions, references)):
         if len(p) != len(r):
-            raise ValueError(f"seqeval row {row}: {len(p)} predicted tags but {len(r)} reference tags")
+            raise InputError(f"seqeval row {row}: {len(p)} predicted tags but {len(r)} reference tags")
 
 
 def seqeval_scores(predictions, references, suffix=False, scheme=None, mode=None, zero_division="warn") -> dict:
     """The `evaluate` seqeval result: {type: {precision, recall, f1, number}, overall_precision, overall_recall,
     overall_f1, overall_accuracy}."""
     if scheme is not None and scheme not in _SCHEMES:
-        raise ValueError(f"Scheme should be one of [IOB1, IOB2, IOE1, IOE2, IOBES, BILOU], got {scheme}")
+        raise InputError(f"Scheme should be one of [IOB1, IOB2, IOE1, IOE2, IOBES, BILOU], got {scheme}")
     if zero_division not in ("warn", 0, 1):
-        raise ValueError(f"zero_division must be 'warn', 0 or 1, got {zero_division!r}")
+        raise InputError(f"zero_division must be 'warn', 0 or 1, got {zero_division!r}")
     if mode == "strict":
         scheme = scheme or _auto_detect(references, suffix)
         true, pred = _strict_entities(references, scheme, suffix), _strict_entities(predictions, scheme, suffix)
@@ -306,22 +308,22 @@ class Squad:
 
 def squad_scores(predictions: list[dict], references: list[dict]) -> dict:
     if not references:
-        raise ValueError("squad: no examples to score (empty input)")
+        raise InputError("squad: no examples to score (empty input)")
     by_id = {}
     for row, p in enumerate(predictions):
         if not isinstance(p, dict) or "id" not in p or "prediction_text" not in p:
-            raise ValueError(f"squad predictions row {row}: expected a dict with 'id' and 'prediction_text', got "
+            raise InputError(f"squad predictions row {row}: expected a dict with 'id' and 'prediction_text', got "
                              f"{p!r:.80}")
         by_id[p["id"]] = p["prediction_text"]
     exact = f1 = 0.0
     for row, r in enumerate(references):
         if not isinstance(r, dict) or "id" not in r or "answers" not in r or "text" not in r["answers"]:
-            raise ValueError(f"squad references row {row}: expected a dict with 'id' and 'answers' {{'text': [...]}}")
+            raise InputError(f"squad references row {row}: expected a dict with 'id' and 'answers' {{'text': [...]}}")
         if r["id"] not in by_id:
-            raise ValueError(f"squad: question {r['id']!r} (references row {row}) has no prediction")
+            raise InputError(f"squad: question {r['id']!r} (references row {row}) has no prediction")
         prediction, truths = by_id[r["id"]], list(r["answers"]["text"])
         if not truths:
-            raise ValueError(f"squad references row {row} (id {r['id']!r}): no reference answer (SQuAD v1.1 "
+            raise InputError(f"squad references row {row} (id {r['id']!r}): no reference answer (SQuAD v1.1 "
                              "questions all have one)")
         exact += max(float(normalize_answer(prediction) == normalize_answer(t)) for t in truths)
         f1 += max(_f1(prediction, t) for t in truths)

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 IGNORE_INDEX = -100
 
 
-class TagDataError(ValueError):
+class TagDataError(InputError):
     """A tag file or column that cannot be used, naming the file and line (or row)."""
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from .errors import InputError
+
 logger = logging.getLogger("tuneforge")
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -188,7 +190,7 @@ class BatchEncoding(dict):
 
     def _encoding(self, batch_index: int, what: str):
         if not self._encodings:
-            raise ValueError(f"{what}() needs a batch encoded from text by the tokenizer (this one has no encodings)")
+            raise InputError(f"{what}() needs a batch encoded from text by the tokenizer (this one has no encodings)")
         return self._encodings[batch_index]
 
     def tokens(self, batch_index: int = 0) -> list[str]:
@@ -206,7 +208,7 @@ class BatchEncoding(dict):
         if index is not None:
             return batch_or_index, index
         if self._encodings is not None and len(self._encodings) > 1:
-            raise ValueError(f"{what}() on a batch needs the batch index and the index")
+            raise InputError(f"{what}() on a batch needs the batch index and the index")
         return 0, batch_or_index
 
     def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
@@ -233,7 +235,7 @@ class BatchEncoding(dict):
     def convert_to_tensors(self, tensor_type):
         """Turn every value into a torch tensor ("pt") or numpy array ("np"), in place."""
         if tensor_type not in ("pt", "np"):
-            raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {tensor_type!r}")
+            raise InputError(f"return_tensors must be None, 'pt' or 'np', got {tensor_type!r}")
         for key, value in list(self.items()):
             if tensor_type == "pt" and not isinstance(value, torch.Tensor):
                 self[key] = _as_torch(key, value)
@@ -257,7 +259,7 @@ def _as_torch(key, value):
     try:
         return torch.tensor(value)
     except (ValueError, TypeError) as error:
-        raise ValueError(
+        raise InputError(
             f"Unable to create a tensor from '{key}': the sequences probably have different lengths. "
             "Pass padding=True (and truncation=True) to get batched tensors of one length."
         ) from error
@@ -514,7 +516,7 @@ def _set_qwen2_pipeline(backend: Tokenizer, settings: dict) -> None:
 
 def _check_side(name: str, value) -> str:
     if value not in ("right", "left"):
-        raise ValueError(f"{name} must be 'right' or 'left', got {value!r}")
+        raise InputError(f"{name} must be 'right' or 'left', got {value!r}")
     return value
 
 
@@ -607,7 +609,7 @@ class PreTrainedTokenizerFast:
         **special_tokens,
     ):
         if tokenizer_object is None and tokenizer_file is None:
-            raise ValueError("Pass a tokenizers.Tokenizer (tokenizer_object) or the path of a tokenizer.json")
+            raise InputError("Pass a tokenizers.Tokenizer (tokenizer_object) or the path of a tokenizer.json")
         if tokenizer_object is None:
             tokenizer_object = Tokenizer.from_file(str(tokenizer_file))
         unknown = set(special_tokens) - set(SPECIAL_TOKEN_NAMES)
@@ -617,6 +619,11 @@ class PreTrainedTokenizerFast:
         self._tokenizer = tokenizer_object
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
+        if self._tokenizer.post_processor is None:
+            # As the reference: a template that adds nothing, so that a pair's overflowing windows still tell the
+            # second text's tokens (sequence_ids 1; the backend's default forgets them past the first window).
+            self._tokenizer.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1",
+                                                                           special_tokens=[])
         self.name_or_path = str(name_or_path)
         self.tokenizer_class = tokenizer_class
         if model_max_length is None or model_max_length >= _UNSET_MAX_LENGTH:
@@ -671,7 +678,7 @@ class PreTrainedTokenizerFast:
             try:
                 value = {entry["name"]: entry["template"] for entry in value}
             except (TypeError, KeyError):
-                raise ValueError("a list of chat templates must hold {'name': ..., 'template': ...} dicts") from None
+                raise InputError("a list of chat templates must hold {'name': ..., 'template': ...} dicts") from None
         if not (value is None or isinstance(value, str)
                 or (isinstance(value, dict) and all(isinstance(t, str) for t in value.values()))):
             raise TypeError(f"chat_template must be a string or a dict of named strings, got {type(value).__name__}")
@@ -689,7 +696,7 @@ class PreTrainedTokenizerFast:
         revision, token = kwargs.pop("revision", None), kwargs.pop("token", None)
         hub = pop_hub_options(kwargs, "AutoTokenizer.from_pretrained")  # cache_dir, trust_remote_code, ...
         if kwargs.pop("use_fast", True) is False:
-            raise ValueError("AutoTokenizer.from_pretrained(use_fast=False) is not supported: tuneforge's tokenizers "
+            raise InputError("AutoTokenizer.from_pretrained(use_fast=False) is not supported: tuneforge's tokenizers "
                              "are the fast (tokenizers) ones; leave use_fast out or pass True")
         gguf_file = kwargs.pop("gguf_file", None)
         if gguf_file is not None:
@@ -710,7 +717,7 @@ class PreTrainedTokenizerFast:
             backend = _load_backend(files, reference, settings)
         for side in ("padding_side", "truncation_side"):
             if settings.get(side) not in (None, "right", "left"):
-                raise ValueError(f"{side} must be 'right' or 'left', got {settings[side]!r} (loading "
+                raise InputError(f"{side} must be 'right' or 'left', got {settings[side]!r} (loading "
                                  f"'{pretrained_model_name_or_path}')")
         return cls(
             backend,
@@ -819,10 +826,10 @@ class PreTrainedTokenizerFast:
         each token's (start, end) characters in its text (in its word, for pre-tokenized input).
         """
         if text is None:
-            raise ValueError("text must be a string or a list of strings, got None")
+            raise InputError("text must be a string or a list of strings, got None")
         padding, truncation, max_length = self._resolve_strategies(padding, truncation, max_length, pad_to_multiple_of)
         if not isinstance(stride, int) or stride < 0:
-            raise ValueError(f"stride must be a non-negative integer, got {stride!r}")
+            raise InputError(f"stride must be a non-negative integer, got {stride!r}")
 
         if is_split_into_words:
             return self._call_split_into_words(
@@ -834,7 +841,7 @@ class PreTrainedTokenizerFast:
             if isinstance(text_pair, str):
                 raise TypeError("when text is a batch (a list), text_pair must be a list of the same length")
             if text_pair is not None and len(text_pair) != len(text):
-                raise ValueError(f"text has {len(text)} items but text_pair has {len(text_pair)}")
+                raise InputError(f"text has {len(text)} items but text_pair has {len(text_pair)}")
             inputs = list(zip(text, text_pair)) if text_pair is not None else list(text)
         else:
             # Transformers treats an empty second text as no second text.
@@ -859,7 +866,7 @@ class PreTrainedTokenizerFast:
         is_batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
         if is_batched:
             if text_pair is not None and (not isinstance(text_pair, (list, tuple)) or len(text_pair) != len(text)):
-                raise ValueError("when text is a batch of word lists, text_pair must be a list of as many word lists")
+                raise InputError("when text is a batch of word lists, text_pair must be a list of as many word lists")
             inputs = list(zip(text, text_pair)) if text_pair is not None else list(text)
         else:
             inputs = [(text, text_pair)] if text_pair else [text]
@@ -882,7 +889,7 @@ class PreTrainedTokenizerFast:
             except Exception as error:  # the backend's errors are plain Exceptions (e.g. a pair too long)
                 if "Truncation error" not in str(error):
                     raise
-                raise ValueError(f"cannot truncate to max_length={max_length} with truncation={truncation!r}: "
+                raise InputError(f"cannot truncate to max_length={max_length} with truncation={truncation!r}: "
                                  f"{str(error).replace('Truncation error: ', '')} (the other text alone is too "
                                  "long)") from None
         # As the reference: overflowing windows follow their input as further rows.
@@ -942,14 +949,14 @@ class PreTrainedTokenizerFast:
         elif padding is False or padding is None:
             padding = "do_not_pad"
         elif padding not in PADDING_STRATEGIES:
-            raise ValueError(f"padding must be True, False or one of {PADDING_STRATEGIES}, got {padding!r}")
+            raise InputError(f"padding must be True, False or one of {PADDING_STRATEGIES}, got {padding!r}")
 
         if truncation is True:
             truncation = "longest_first"
         elif truncation is False or truncation is None:
             truncation = "do_not_truncate"
         elif truncation not in TRUNCATION_STRATEGIES:
-            raise ValueError(f"truncation must be True, False or one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
+            raise InputError(f"truncation must be True, False or one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
 
         if max_length is None:
             # Without a declared model maximum there is nothing to pad or truncate to.
@@ -966,7 +973,7 @@ class PreTrainedTokenizerFast:
                     truncation = "do_not_truncate"
 
         if padding != "do_not_pad" and (self.pad_token is None or self.pad_token_id is None):
-            raise ValueError(
+            raise InputError(
                 "Asking to pad but the tokenizer has no padding token; set one, e.g. tokenizer.pad_token = "
                 "tokenizer.eos_token."
             )
@@ -977,7 +984,7 @@ class PreTrainedTokenizerFast:
             and max_length is not None
             and max_length % pad_to_multiple_of != 0
         ):
-            raise ValueError(
+            raise InputError(
                 f"Truncation and padding are both on but the truncation length ({max_length}) is not a multiple "
                 f"of pad_to_multiple_of ({pad_to_multiple_of})."
             )
@@ -1041,7 +1048,7 @@ class PreTrainedTokenizerFast:
 
         main_input = self.model_input_names[0]
         if main_input not in encoded_inputs:
-            raise ValueError(
+            raise InputError(
                 f"pad() needs '{main_input}' in its inputs, got the keys {list(encoded_inputs.keys())}"
             )
         ids = encoded_inputs[main_input]
@@ -1071,7 +1078,7 @@ class PreTrainedTokenizerFast:
 
         batch_size = len(ids)
         if any(len(value) != batch_size for value in encoded_inputs.values()):
-            raise ValueError("pad(): every key must hold one value per example")
+            raise InputError("pad(): every key must hold one value per example")
         if padding == "longest":
             max_length = max(len(row) for row in ids)
             padding = "max_length"
@@ -1105,7 +1112,7 @@ class PreTrainedTokenizerFast:
         if missing > 0:
             side = padding_side or self.padding_side
             if side not in ("right", "left"):
-                raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
+                raise InputError(f"padding_side must be 'right' or 'left', got {side!r}")
             fill_values = {
                 main_input: self.pad_token_id,
                 "attention_mask": 0,
@@ -1134,12 +1141,12 @@ class PreTrainedTokenizerFast:
                 return templates["tool_use"]
             if "default" in templates:
                 return templates["default"]
-            raise ValueError(f"The tokenizer has several chat templates and none named 'default': pass "
+            raise InputError(f"The tokenizer has several chat templates and none named 'default': pass "
                              f"chat_template= one of {sorted(templates)}")
         if chat_template is not None:
             return chat_template
         if templates is None:
-            raise ValueError(f"The tokenizer of '{self.name_or_path}' has no chat template (no {CHAT_TEMPLATE_FILE} "
+            raise InputError(f"The tokenizer of '{self.name_or_path}' has no chat template (no {CHAT_TEMPLATE_FILE} "
                              f"and no 'chat_template' in {TOKENIZER_CONFIG_FILE}): pass chat_template= or set "
                              "tokenizer.chat_template")
         return templates
@@ -1178,21 +1185,21 @@ class PreTrainedTokenizerFast:
         if not tokenize:
             return_dict = False
         if return_assistant_tokens_mask and not return_dict:
-            raise ValueError("return_assistant_tokens_mask=True needs return_dict=True and tokenize=True")
+            raise InputError("return_assistant_tokens_mask=True needs return_dict=True and tokenize=True")
         source = self.get_chat_template(chat_template, tools)
         if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
-            raise ValueError("Cannot apply a chat template to an empty conversation: give at least one message")
+            raise InputError("Cannot apply a chat template to an empty conversation: give at least one message")
         is_batched = isinstance(conversation, (list, tuple)) and (
             isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
         conversations = [templating.normalize_conversation(c) for c in (conversation if is_batched else [conversation])]
         if continue_final_message and add_generation_prompt:
-            raise ValueError("continue_final_message and add_generation_prompt cannot both be set: the first "
+            raise InputError("continue_final_message and add_generation_prompt cannot both be set: the first "
                              "continues the final message, the second starts a new assistant message")
         if continue_final_message and return_assistant_tokens_mask:
-            raise ValueError("continue_final_message cannot be combined with return_assistant_tokens_mask")
+            raise InputError("continue_final_message cannot be combined with return_assistant_tokens_mask")
         if sanitize_control_tokens:
             if not tokenize or return_assistant_tokens_mask:
-                raise ValueError("sanitize_control_tokens=True needs tokenize=True and no return_assistant_tokens_mask")
+                raise InputError("sanitize_control_tokens=True needs tokenize=True and no return_assistant_tokens_mask")
             pattern = templating.control_token_pattern(self._control_tokens(source))
             conversations, tools, documents, kwargs = templating.mark_control_tokens(
                 [conversations, tools, documents, kwargs], pattern)
@@ -1257,7 +1264,7 @@ class PreTrainedTokenizerFast:
                 as_text = i % 2 == 1  # odd pieces are the marked tokens
                 piece_ids = self._encode_piece(piece, as_text, newline)
                 if as_text and self._tokenizer.token_to_id(piece) in piece_ids:
-                    raise ValueError(f"Cannot sanitize {piece!r}: the tokenizer makes that token from plain text")
+                    raise InputError(f"Cannot sanitize {piece!r}: the tokenizer makes that token from plain text")
                 ids += piece_ids
             if truncation != "do_not_truncate" and max_length is not None:
                 ids = ids[:max_length] if self.truncation_side == "right" else ids[-max_length:]
@@ -1361,7 +1368,7 @@ class PreTrainedTokenizerFast:
         for name, template in templates.items():
             # Names come from downloaded configs: none may reach outside the folder.
             if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-                raise ValueError(f"Invalid chat template name {name!r}: it must be a plain file name")
+                raise InputError(f"Invalid chat template name {name!r}: it must be a plain file name")
             path = folder / CHAT_TEMPLATE_FILE if name == "default" else folder / CHAT_TEMPLATE_DIR / f"{name}.jinja"
             files[path] = template
         return files

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..data import store_rows
 from .backend import load_keras
 
@@ -22,14 +23,14 @@ class KerasMetricCallback(keras.callbacks.Callback):
                  predict_with_generate: bool = False, use_xla_generation: bool = False, generate_kwargs=None):
         super().__init__()
         if predict_with_generate or use_xla_generation or generate_kwargs:
-            raise ValueError("KerasMetricCallback(predict_with_generate=...) is not implemented: it computes "
+            raise InputError("KerasMetricCallback(predict_with_generate=...) is not implemented: it computes "
                              "metrics on the logits")
         if batch_size is not None:
-            raise ValueError("KerasMetricCallback(batch_size=...): the eval_dataset's own batches are used (set "
+            raise InputError("KerasMetricCallback(batch_size=...): the eval_dataset's own batches are used (set "
                              "the batch size in prepare_tf_dataset)")
         if label_cols is not None and list(label_cols if isinstance(label_cols, (list, tuple)) else [label_cols]) \
                 != ["labels"]:
-            raise ValueError(f"label_cols={label_cols!r}: the dataset's labels are its 'labels' (prepare_tf_dataset "
+            raise InputError(f"label_cols={label_cols!r}: the dataset's labels are its 'labels' (prepare_tf_dataset "
                              "renames 'label' and 'label_ids' to it)")
         self.metric_fn, self.eval_dataset = metric_fn, eval_dataset
         self.output_cols = [output_cols] if isinstance(output_cols, str) else output_cols
@@ -41,7 +42,7 @@ class KerasMetricCallback(keras.callbacks.Callback):
         for i in range(len(self.eval_dataset)):
             batch = self.eval_dataset[i]
             if len(batch) < 2:
-                raise ValueError("KerasMetricCallback: the eval_dataset has no labels")
+                raise InputError("KerasMetricCallback: the eval_dataset has no labels")
             x, y = batch[0], batch[1]
             outputs = self.model.predict_on_batch(x)
             cols = self.output_cols or ["logits"]
@@ -78,9 +79,9 @@ class PushToHubCallback(keras.callbacks.Callback):
                  **model_card_args):
         super().__init__()
         if save_strategy not in ("epoch", "steps", "no"):
-            raise ValueError(f"save_strategy={save_strategy!r}: it must be 'epoch', 'steps' or 'no'")
+            raise InputError(f"save_strategy={save_strategy!r}: it must be 'epoch', 'steps' or 'no'")
         if save_strategy == "steps" and not (isinstance(save_steps, int) and save_steps > 0):
-            raise ValueError(f"save_strategy='steps' needs save_steps, a positive number of batches (got {save_steps!r})")
+            raise InputError(f"save_strategy='steps' needs save_steps, a positive number of batches (got {save_steps!r})")
         unknown = sorted(set(model_card_args) - {"finetuned_from", "dataset"})
         if unknown:
             raise TypeError(f"PushToHubCallback(): model card argument(s) {', '.join(unknown)} are not implemented "

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..errors import InputError
 from ..data import LABEL_KEYS, DataCollatorWithPadding, column_names, column_values, default_data_collator, \
     shuffled_batches
 from .backend import load_keras
@@ -27,9 +28,9 @@ class KerasDataset(keras.utils.PyDataset):
             raise TypeError(f"prepare_tf_dataset() takes a datasets.Dataset (or a list of dicts), not "
                             f"{type(dataset).__name__}")
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: it must be at least 1")
+            raise InputError(f"batch_size={batch_size}: it must be at least 1")
         if len(dataset) == 0:
-            raise ValueError("prepare_tf_dataset(): the dataset is empty")
+            raise InputError("prepare_tf_dataset(): the dataset is empty")
         collate_fn_args = dict(collate_fn_args or {})
         if collate_fn is None:
             collate_fn = (DataCollatorWithPadding(tokenizer, **collate_fn_args) if tokenizer is not None
@@ -40,7 +41,7 @@ class KerasDataset(keras.utils.PyDataset):
         columns = column_names(dataset)
         self.columns = [c for c in columns if c in inputs or c in LABEL_KEYS]
         if not any(c in inputs for c in self.columns):
-            raise ValueError(f"the dataset has no column the model takes (it takes {', '.join(sorted(inputs))}; "
+            raise InputError(f"the dataset has no column the model takes (it takes {', '.join(sorted(inputs))}; "
                              f"the dataset has {', '.join(columns)}); tokenize it first, e.g. "
                              "dataset.map(tokenize, batched=True)")
         self.inputs = inputs
@@ -64,7 +65,7 @@ class KerasDataset(keras.utils.PyDataset):
             if self.drop_remainder and len(self.batches[-1]) < self.batch_size:
                 self.batches.pop()
         if not self.batches:
-            raise ValueError(f"prepare_tf_dataset(): {n} rows make no full batch of {self.batch_size} with "
+            raise InputError(f"prepare_tf_dataset(): {n} rows make no full batch of {self.batch_size} with "
                              "drop_remainder=True")
 
     def __len__(self) -> int:
@@ -130,9 +131,9 @@ def _check_label_column(dataset, name: str, model) -> None:
         if isinstance(value, (list, tuple, np.ndarray)):
             return  # multi-label targets: the loss infers the problem type from them
         if isinstance(value, str) or not float(value) == int(value):
-            raise ValueError(f"column '{name}' row {row}: label {value!r} is not a class id; the model's head takes "
+            raise InputError(f"column '{name}' row {row}: label {value!r} is not a class id; the model's head takes "
                              f"ids 0..{config.num_labels - 1} (map names to ids first, e.g. with "
                              "model.config.label2id)")
         if not 0 <= int(value) < config.num_labels:
-            raise ValueError(f"column '{name}' row {row}: label {value!r} is outside [0, {config.num_labels}) for "
+            raise InputError(f"column '{name}' row {row}: label {value!r} is outside [0, {config.num_labels}) for "
                              f"a model with num_labels={config.num_labels}")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ..errors import InputError
 from ..models import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 from ..models.registry import config_from_values, model_class
 from .backend import load_keras
@@ -48,7 +49,7 @@ class TFPreTrainedModel(keras.Model):
         policy = kwargs.get("dtype") or keras.config.dtype_policy()
         policy = getattr(policy, "name", policy)
         if policy != "float32":
-            raise ValueError(f"dtype policy {policy!r}: tuneforge's Keras models compute in the torch model's own "
+            raise InputError(f"dtype policy {policy!r}: tuneforge's Keras models compute in the torch model's own "
                              "dtype (float32); call keras.config.set_dtype_policy('float32') (or pass no dtype)")
         super().__init__(**kwargs)
         if torch_model is None:  # from a .keras file: the architecture from its config, the weights loaded after
@@ -93,7 +94,7 @@ class TFPreTrainedModel(keras.Model):
             inputs = {"input_ids": inputs}
         unknown = sorted(set(inputs) - self._inputs - {"labels"})
         if unknown:
-            raise ValueError(f"inputs {', '.join(unknown)} are not taken by {type(self.torch_model).__name__} "
+            raise InputError(f"inputs {', '.join(unknown)} are not taken by {type(self.torch_model).__name__} "
                              f"(it takes {', '.join(sorted(self._inputs))}, and labels)")
         if inputs["input_ids"].is_meta:  # Keras tracing output shapes: the packed model needs real lengths
             return self._output_spec(inputs["input_ids"])
@@ -122,7 +123,7 @@ class TFPreTrainedModel(keras.Model):
         """Keras' compile. With no loss the model's own is used: cross-entropy, BCE for multi-label, MSE for
         regression (by config.problem_type, as the torch model's labels= loss); language models' next-token loss."""
         if jit_compile is True:
-            raise ValueError("jit_compile=True is not supported: tuneforge's packed forward has shapes that depend on "
+            raise InputError("jit_compile=True is not supported: tuneforge's packed forward has shapes that depend on "
                              "each batch's lengths, so torch.compile would retrace or break at every batch; it is "
                              "already free of padding compute. Leave jit_compile at its default")
         super().compile(optimizer, loss, *args, jit_compile=False, **kwargs)
@@ -139,16 +140,16 @@ class TFPreTrainedModel(keras.Model):
         if self._compile_loss is not None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         if self.task == "base":
-            raise ValueError("a base model has no loss of its own: pass loss= to compile()")
+            raise InputError("a base model has no loss of its own: pass loss= to compile()")
         if y is None:
-            raise ValueError("no labels: the dataset gives no y (prepare_tf_dataset keeps a 'label' or 'labels' "
+            raise InputError("no labels: the dataset gives no y (prepare_tf_dataset keeps a 'label' or 'labels' "
                              "column), and compile() was given no loss")
         return self._default_loss(y_pred, y, sample_weight)
 
     def _default_loss(self, y_pred: dict, y, sample_weight) -> torch.Tensor:
         if self.task == "causal_lm":
             if sample_weight is not None:
-                raise ValueError("sample_weight and class_weight are not supported with a language model's own "
+                raise InputError("sample_weight and class_weight are not supported with a language model's own "
                                  "loss (a mean over labelled tokens); weight tokens with -100 labels instead")
             return y_pred["loss"]
         logits = y_pred["logits"]
@@ -310,7 +311,7 @@ class TFPreTrainedModel(keras.Model):
         expected = set(self._state_to_save())
         if set(state) != expected:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"the saved weights do not match {type(self.torch_model).__name__}: missing "
+            raise InputError(f"the saved weights do not match {type(self.torch_model).__name__}: missing "
                              f"{', '.join(missing[:5]) or 'none'}; unexpected {', '.join(unexpected[:5]) or 'none'}")
         with_tied = getattr(self.torch_model, "with_tied_weights", lambda s: s)
         self.torch_model.load_state_dict(with_tied(state), strict=True)
@@ -334,7 +335,7 @@ def check_labels(labels, config, task: str) -> None:
         return
     bad = labels[(labels < 0) | (labels >= config.num_labels)]
     if len(bad):
-        raise ValueError(f"label {int(bad[0])} is outside [0, {config.num_labels}) for a model with "
+        raise InputError(f"label {int(bad[0])} is outside [0, {config.num_labels}) for a model with "
                          f"num_labels={config.num_labels}; map the labels to ids first, or load the model with "
                          "from_pretrained(..., num_labels=N)")
 
@@ -356,7 +357,7 @@ class _TFAutoModelBase:
     def from_pretrained(cls, name_or_path, *args, **kwargs) -> TFPreTrainedModel:
         """As the torch Auto class's from_pretrained (same arguments), wrapped for Keras."""
         if kwargs.pop("from_pt", None) is False:
-            raise ValueError("from_pt=False: tuneforge reads PyTorch/safetensors checkpoints only")
+            raise InputError("from_pt=False: tuneforge reads PyTorch/safetensors checkpoints only")
         torch_model = TORCH_AUTO[cls._task].from_pretrained(name_or_path, *args, **kwargs)
         return TFPreTrainedModel(torch_model, task=cls._task, name=_keras_name(torch_model))
 

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from ..errors import InputError
+
 
 def fused_reason(optimizer) -> str | None:
     """Why Keras' optimizer cannot take the fused step (None: it can)."""
@@ -59,7 +61,7 @@ class KerasAdamStep:
         opt._check_variables_are_known(variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if not pairs:
-            raise ValueError("No gradients provided for any variable.")
+            raise InputError("No gradients provided for any variable.")
         if any(v.constraint is not None for _, v in pairs):  # Keras applies constraints after the update
             opt.apply([g for g, _ in pairs], [v for _, v in pairs])
             return

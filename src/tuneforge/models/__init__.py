@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
 from ..checkpoint_io import resolve_folder
 from ..checkpoint_io import pop_hub_options
 from .base import pop_load_options, read_checkpoint
@@ -17,7 +18,7 @@ class AutoConfig:
         local_files_only, trust_remote_code=False) go to the download, every other keyword overrides a value (e.g.
         num_labels=, finetuning_task=)."""
         if overrides.pop("return_unused_kwargs", False):
-            raise ValueError("AutoConfig.from_pretrained(return_unused_kwargs=True) is not supported: a keyword "
+            raise InputError("AutoConfig.from_pretrained(return_unused_kwargs=True) is not supported: a keyword "
                              "that is no config field is a TypeError")
         folder = resolve_folder(name_or_path, revision=revision, token=token,
                                 **pop_hub_options(overrides, "AutoConfig.from_pretrained"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..checkpoint_io import (atomic_write, load_state_dict, match_keys, pop_hub_options, read_config_dict, rename_keys,
                              resolve_folder, save_state_dict, warn_about_keys)
 from .layers import init_weights
@@ -42,31 +43,31 @@ def pop_load_options(kwargs: dict, caller: str = "from_pretrained") -> dict:
     dtype = dtype if dtype is not None else torch_dtype
     if isinstance(dtype, str) and dtype != "auto":
         if dtype.removeprefix("torch.") not in DTYPES:
-            raise ValueError(f"{caller}(dtype={dtype!r}): not a dtype; use one of {', '.join(DTYPES)} or 'auto'")
+            raise InputError(f"{caller}(dtype={dtype!r}): not a dtype; use one of {', '.join(DTYPES)} or 'auto'")
         dtype = DTYPES[dtype.removeprefix("torch.")]
     elif dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
-        raise ValueError(f"{caller}(dtype={dtype!r}): not a torch.dtype, a dtype name or 'auto'")
+        raise InputError(f"{caller}(dtype={dtype!r}): not a torch.dtype, a dtype name or 'auto'")
     options["dtype"] = dtype
     device_map = kwargs.pop("device_map", None)
     if isinstance(device_map, dict):
         devices = set(device_map.values())
         if len(devices) != 1:
-            raise ValueError(f"{caller}(device_map={device_map!r}): a model split over several devices is not "
+            raise InputError(f"{caller}(device_map={device_map!r}): a model split over several devices is not "
                              "supported; give one device")
         device_map = devices.pop()
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     elif device_map in ("balanced", "balanced_low_0", "sequential"):
-        raise ValueError(f"{caller}(device_map={device_map!r}): splitting a model over devices is not supported; "
+        raise InputError(f"{caller}(device_map={device_map!r}): splitting a model over devices is not supported; "
                          "use 'auto', 'cpu' or a device")
     try:
         options["device"] = None if device_map is None else torch.device(device_map)
     except (RuntimeError, TypeError):
-        raise ValueError(f"{caller}(device_map={device_map!r}): not a device") from None
+        raise InputError(f"{caller}(device_map={device_map!r}): not a device") from None
     kwargs.pop("low_cpu_mem_usage", None)  # always true (see above)
     attn = kwargs.pop("attn_implementation", None)
     if attn is not None and attn not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"{caller}(attn_implementation={attn!r}) is not supported: tuneforge computes attention "
+        raise InputError(f"{caller}(attn_implementation={attn!r}) is not supported: tuneforge computes attention "
                          f"its own way, on real tokens only (varlen kernels on CUDA); use one of "
                          f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
     return options
@@ -90,6 +91,9 @@ class PreTrainedModel(nn.Module):
     base_model_prefix = ""
     # Parameters that are the same tensor as another when config.tie_word_embeddings: ours -> the one it shares.
     tied_weights: dict[str, str] = {}
+    # Other prefixes the family's checkpoints keep this model's backbone under (another head's name for it): such
+    # keys load as base_model_prefix's when the checkpoint has none of those.
+    backbone_aliases: tuple[str, ...] = ()
 
     def __init__(self, config):
         super().__init__()
@@ -181,23 +185,44 @@ class PreTrainedModel(nn.Module):
         lacks is initialised fresh. Returns the key report and logs it as one warning."""
         spec = self.spec
         expected = {k: v.shape for k, v in self.state_dict().items()}
+        prefix = self.base_model_prefix + "."
+        for alias in self.backbone_aliases:
+            if not any(k.startswith(prefix) for k in state):
+                state = {prefix + k[len(alias) + 1:] if k.startswith(alias + ".") else k: v for k, v in state.items()}
         state = rename_keys(state, set(expected), self.base_model_prefix, spec.renames, spec.ignored_keys)
         self._match_tied(state, source)
         report = match_keys(state, expected, source=source, ignore_mismatched_sizes=ignore_mismatched_sizes)
         report["missing"] = [k for k in report["missing"] if k not in self._tied_keys()]
-        self.to_empty(device="cpu")
-        self.tie_weights()  # to_empty gives every parameter its own storage
+        # The checkpoint's tensors become the parameters (assign): the weights are never in memory twice. Only
+        # what the checkpoint lacks is allocated, and initialised fresh.
+        self._materialize(skip=set(state) | self._tied_keys())
         fresh = {k.rsplit(".", 1)[0] for k in report["missing"]} | {k.rsplit(".", 1)[0] for k, _, _ in
                                                                     report["mismatched"]}
         for name, module in self.named_modules():
             if name in fresh:
                 init_weights(module, getattr(self.config, "initializer_range", 0.02))
+        dtypes = {k: v.dtype for k, v in self.state_dict().items()}
+        for key, tensor in state.items():  # the model's dtype, as a copying load gives
+            state[key] = tensor.to(dtypes[key]).contiguous() if tensor.is_floating_point() else tensor.contiguous()
+        self.load_state_dict(state, strict=False, assign=True)
+        self.tie_weights()
         for module in self.modules():  # computed buffers (rotary frequencies) are in no checkpoint
             if hasattr(module, "reset_buffers"):
                 module.reset_buffers()
-        self.load_state_dict(state, strict=False)
         warn_about_keys(type(self).__name__, source, report)
         return report
+
+    def _materialize(self, skip: set[str]) -> None:
+        """Allocate (uninitialised, on the CPU) every parameter and buffer still on the meta device, but `skip`."""
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            for name, param in list(module._parameters.items()):
+                if param is not None and param.is_meta and prefix + name not in skip:
+                    module._parameters[name] = torch.nn.Parameter(torch.empty_like(param, device="cpu"),
+                                                                  requires_grad=param.requires_grad)
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None and buffer.is_meta and prefix + name not in skip:
+                    module._buffers[name] = torch.empty_like(buffer, device="cpu")
 
     def save_pretrained(self, folder, *, state_dict: dict | None = None, push_to_hub: bool = False,
                         repo_id: str | None = None, token: str | None = None, safe_serialization: bool = True,
@@ -205,7 +230,7 @@ class PreTrainedModel(nn.Module):
         if kwargs:
             raise TypeError(f"save_pretrained() got argument(s) it does not implement: {', '.join(sorted(kwargs))}")
         if not safe_serialization:
-            raise ValueError("safe_serialization=False is not supported: tuneforge writes safetensors only")
+            raise InputError("safe_serialization=False is not supported: tuneforge writes safetensors only")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
@@ -236,7 +261,7 @@ class PreTrainedModel(nn.Module):
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         if gradient_checkpointing_kwargs and gradient_checkpointing_kwargs.get("use_reentrant", False):
-            raise ValueError("gradient_checkpointing_kwargs={'use_reentrant': True} is not supported "
+            raise InputError("gradient_checkpointing_kwargs={'use_reentrant': True} is not supported "
                              "(tuneforge checkpoints with use_reentrant=False)")
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
@@ -46,10 +47,10 @@ def is_roberta(config: Config) -> bool:
 
 def check_config(config: Config) -> None:
     if config.position_embedding_type != "absolute":
-        raise ValueError(f"position_embedding_type={config.position_embedding_type!r} is not supported "
+        raise InputError(f"position_embedding_type={config.position_embedding_type!r} is not supported "
                          "(only 'absolute')")
     if config.hidden_size % config.num_attention_heads:
-        raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
+        raise InputError(f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
                          f"{config.num_attention_heads}")
 
 # ------------------------------------------------------------------------------------------------ embeddings

@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import json
 
+from ..errors import InputError
+
 # Fields every family shares: they describe the task head and are written back on save.
 TASK_DEFAULTS = {
     "architectures": None,
@@ -30,7 +32,7 @@ class Config:
         if num_labels is not None and num_labels != len(self.id2label):
             self.num_labels = num_labels
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+            raise InputError(f"problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
 
     @property
     def num_labels(self) -> int:
@@ -39,7 +41,7 @@ class Config:
     @num_labels.setter
     def num_labels(self, n: int) -> None:
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_labels must be a positive integer, got {n!r}")
+            raise InputError(f"num_labels must be a positive integer, got {n!r}")
         self.id2label = {i: f"LABEL_{i}" for i in range(n)}
         self.label2id = {v: k for k, v in self.id2label.items()}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import PreTrainedModel
 from .attention import Packing, self_attention, trim_padding
 from .config import Config
@@ -76,7 +77,7 @@ class DistilBertModel(PreTrainedModel):
     def __init__(self, config: Config):
         super().__init__(config)
         if config.dim % config.n_heads:
-            raise ValueError(f"dim {config.dim} is not a multiple of n_heads {config.n_heads}")
+            raise InputError(f"dim {config.dim} is not a multiple of n_heads {config.n_heads}")
         self.embeddings = Embeddings(config)
         self.transformer = LayerStack(TransformerBlock(config) for _ in range(config.n_layers))
 
@@ -134,7 +135,7 @@ class DistilBertForQuestionAnswering(PreTrainedModel):
     def __init__(self, config: Config):
         super().__init__(config)
         if config.num_labels != 2:
-            raise ValueError(f"DistilBertForQuestionAnswering needs num_labels=2 (start and end), got "
+            raise InputError(f"DistilBertForQuestionAnswering needs num_labels=2 (start and end), got "
                              f"{config.num_labels}")
         self.distilbert = DistilBertModel(config)
         self.qa_outputs = nn.Linear(config.dim, config.num_labels)

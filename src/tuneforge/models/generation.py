@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..checkpoint_io import atomic_write
 from .attention import KVCache
 
@@ -68,9 +69,9 @@ class GenerationConfig:
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a valid generation config ({e})") from None
+            raise InputError(f"{path} is not a valid generation config ({e})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path} is not a valid generation config (not a JSON object)")
+            raise InputError(f"{path} is not a valid generation config (not a JSON object)")
         return cls(**values)
 
     @classmethod
@@ -102,9 +103,9 @@ class GenerationConfig:
             if key not in OFF:
                 if value is None:
                     continue
-                raise ValueError(f"generation setting {key}={value!r} is not known to tuneforge's generate()")
+                raise InputError(f"generation setting {key}={value!r} is not known to tuneforge's generate()")
             if value != OFF[key] and value is not None:
-                raise ValueError(f"generation setting {key}={value!r} is not implemented "
+                raise InputError(f"generation setting {key}={value!r} is not implemented "
                                  f"(tuneforge generates greedily or by sampling; set {key}={OFF[key]!r})")
         return merged
 
@@ -142,7 +143,7 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, gen
     g = (generation_config or getattr(model, "generation_config", None)
          or GenerationConfig.from_model_config(model.config)).updated(**overrides)
     if g.do_sample and (g.temperature is None or g.temperature <= 0):
-        raise ValueError(f"temperature must be > 0 when sampling, got {g.temperature}")
+        raise InputError(f"temperature must be > 0 when sampling, got {g.temperature}")
     batch, width = input_ids.shape
     pad_id = g.pad_token_id
     if attention_mask is not None:
@@ -153,7 +154,7 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, gen
         mask = torch.ones_like(input_ids)
     lengths = mask.sum(1)
     if bool((lengths == 0).any()):
-        raise ValueError(f"prompt row {int((lengths == 0).nonzero()[0])} has no tokens (its attention_mask is all 0)")
+        raise InputError(f"prompt row {int((lengths == 0).nonzero()[0])} has no tokens (its attention_mask is all 0)")
     from .registry import position_limit
     limit, longest = position_limit(model.config), int(lengths.max())
     if g.max_new_tokens is not None:
@@ -163,10 +164,10 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, gen
     else:
         new = min(NEW_TOKENS_BY_DEFAULT, limit - longest)
     if new < 1:
-        raise ValueError(f"nothing to generate: the prompts are {width} tokens and max_length is {g.max_length}; "
+        raise InputError(f"nothing to generate: the prompts are {width} tokens and max_length is {g.max_length}; "
                          "set max_new_tokens")
     if longest + new - 1 > limit:  # the last new token is never fed back
-        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={new} is more than this model's "
+        raise InputError(f"a prompt of {longest} tokens plus max_new_tokens={new} is more than this model's "
                          f"position limit of {limit} tokens; shorten the prompt or generate fewer tokens")
     eos = torch.tensor(_ids(g.eos_token_id), device=input_ids.device)
     pad = g.pad_token_id if g.pad_token_id is not None else (_ids(g.eos_token_id) or [0])[0]

@@ -1,4 +1,5 @@
-"""GPT-2: config, embeddings, blocks, backbone, causal-LM and sequence-classification heads, top to bottom.
+"""GPT-2: config, embeddings, blocks, backbone, causal-LM, sequence-classification, token-classification and
+question-answering heads, top to bottom.
 
 Pre-norm decoder blocks with LayerNorm, GELU MLP and learned positions. Its linear layers are "Conv1D": weights
 stored (in, out), kept so here so that names and shapes equal the checkpoint's (transformer.h.0.attn.c_attn.weight).
@@ -10,11 +11,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from .attention import KVCache, Packing, attend, trim_padding
 from .base import PreTrainedModel
 from .config import Config
 from .generation import generate
-from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss, token_logits_and_loss
+from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss, span_logits_and_loss, token_logits_and_loss
 from .layers import Dropout, ModelOutput, activation, check_positions
 from .losses import sequence_classification_loss
 
@@ -35,9 +37,9 @@ _NOT_IMPLEMENTED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx
 def check_config(c: Config) -> None:
     for key, supported in _NOT_IMPLEMENTED.items():
         if getattr(c, key) != supported:
-            raise ValueError(f"{key}={getattr(c, key)!r} is not supported (only {supported!r})")
+            raise InputError(f"{key}={getattr(c, key)!r} is not supported (only {supported!r})")
     if c.n_embd % c.n_head:
-        raise ValueError(f"n_embd {c.n_embd} is not a multiple of n_head {c.n_head}")
+        raise InputError(f"n_embd {c.n_embd} is not a multiple of n_head {c.n_head}")
     activation(c.activation_function)
 
 # ---------------------------------------------------------------------------------------------------- blocks
@@ -196,3 +198,21 @@ class GPT2ForTokenClassification(PreTrainedModel):
                 labels: Tensor | None = None) -> ModelOutput:
         x, packing = self.transformer.encode(input_ids, attention_mask, position_ids)  # (N, H)
         return token_logits_and_loss(self.classifier, self.dropout(x), packing, input_ids.shape[1], labels)
+
+
+class GPT2ForQuestionAnswering(PreTrainedModel):
+    """Start and end logits of the answer span over the real tokens (packed); each token sees only those before it.
+    Like this file's other heads it takes no token_type_ids (GPT-2's tokenizer makes none)."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.qa_outputs = nn.Linear(config.n_embd, 2)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                start_positions: Tensor | None = None, end_positions: Tensor | None = None) -> ModelOutput:
+        x, packing = self.transformer.encode(input_ids, attention_mask, position_ids)  # (N, H)
+        return span_logits_and_loss(self.qa_outputs, x, packing, attention_mask, input_ids.shape[1],
+                                    start_positions, end_positions)

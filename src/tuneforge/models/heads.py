@@ -8,6 +8,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .attention import Packing
 from .layers import ModelOutput, is_plain
 from .losses import IGNORE_INDEX, causal_lm_loss, question_answering_loss, token_classification_loss, chunked_lm_loss
@@ -21,7 +22,7 @@ def last_token_rows(input_ids: Tensor, attention_mask: Tensor | None, packing: P
     real token by the mask."""
     if 0 in packing.lengths:
         row = int(attention_mask.sum(1).eq(0).nonzero()[0])
-        raise ValueError(f"row {row} of the batch has no tokens (its attention_mask is all 0): nothing to classify")
+        raise InputError(f"row {row} of the batch has no tokens (its attention_mask is all 0): nothing to classify")
     last = packing.last_tokens  # (B,)
     if pad_token_id is None:
         return last
@@ -178,8 +179,27 @@ def span_logits_and_loss(qa_outputs: nn.Linear, x: Tensor, packing: Packing, att
     start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
     loss = None
     if start_positions is not None and end_positions is not None:
+        if attention_mask is not None:
+            _check_span_targets(attention_mask, width, start=start_positions, end=end_positions)
         loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
     return ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+def _check_span_targets(attention_mask: Tensor, width: int, **positions: Tensor) -> None:
+    """An answer position inside the input (below width: beyond it, the loss ignores it, as the reference's) must be
+    a real token: padding's logit here is the dtype's lowest value, so its loss would be ~1e38. With left padding
+    the recipe's "no answer in this window" position 0 is padding: pad on the right or point at a real token."""
+    mask = attention_mask.bool()
+    for name, p in positions.items():
+        p = p.reshape(-1).to(mask.device).clamp(0, width)  # (B,) the reference's clamp
+        inside = p < width
+        on_padding = inside & ~mask[torch.arange(len(p), device=mask.device), p.clamp(max=width - 1)]
+        if bool(on_padding.any()):
+            row = int(on_padding.nonzero()[0])
+            raise InputError(f"{name}_positions[{row}] = {int(p[row])} points at a padding token (attention_mask 0) "
+                             "of that row, which gets no logit: point it at a real token (with left padding, "
+                             "position 0 is padding: use padding_side='right'), or at or beyond the input length "
+                             f"({width}) to leave it out of the loss")
 
 
 def flatten_choices(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:

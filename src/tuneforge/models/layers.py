@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
+
 if TYPE_CHECKING:
     from .attention import Packing
 
@@ -147,7 +149,7 @@ ACTIVATIONS = {"gelu": Activation(F.gelu, _gelu_grad, True), "gelu_new": _GELU_T
 
 def activation(name: str) -> Activation:
     if name not in ACTIVATIONS:
-        raise ValueError(f"hidden activation {name!r} is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
+        raise InputError(f"hidden activation {name!r} is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
     return ACTIVATIONS[name]
 
 
@@ -229,7 +231,7 @@ class _PostAttention(torch.autograd.Function):
 
 def check_positions(seq_len: int, limit: int) -> None:
     if seq_len > limit:
-        raise ValueError(
+        raise InputError(
             f"input of {seq_len} tokens is longer than this model's position limit of {limit} tokens "
             f"(max_position_embeddings); tokenize with truncation=True, max_length={limit}")
 

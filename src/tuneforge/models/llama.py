@@ -1,5 +1,6 @@
 """The Llama family: Llama 2/3 (and SmolLM/SmolLM2), Mistral, Qwen2 (q/k/v bias), Qwen3 (q/k norm). Config,
-embeddings, blocks, backbone, causal-LM and sequence-classification heads, top to bottom.
+embeddings, blocks, backbone, causal-LM, sequence-classification, token-classification and question-answering
+heads, top to bottom.
 
 Pre-norm decoder blocks with RMSNorm, SwiGLU, rotary positions and grouped-query attention. Submodule names equal
 the checkpoint keys (model.layers.0.self_attn.q_proj.weight, ...). Every tensor after the embeddings is packed:
@@ -12,11 +13,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from .attention import KVCache, Packing, attend, trim_padding
 from .base import PreTrainedModel
 from .config import Config
 from .generation import generate
-from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss, token_logits_and_loss
+from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss, span_logits_and_loss, token_logits_and_loss
 from .layers import Dropout, ModelOutput, RMSNorm, Rotary, activation, apply_rotary, check_positions
 from .losses import sequence_classification_loss
 
@@ -71,14 +73,14 @@ def check_config(c: Config) -> None:
     """Options of these families that this file does not implement are refused by name, never ignored."""
     _, scaling = rope_parameters(c)
     if scaling.get("rope_type", "default") not in ROPE_TYPES:
-        raise ValueError(f"rope type {scaling['rope_type']!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        raise InputError(f"rope type {scaling['rope_type']!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
     if getattr(c, "pretraining_tp", 1) != 1:
-        raise ValueError(f"pretraining_tp={c.pretraining_tp} is not supported (only 1)")
+        raise InputError(f"pretraining_tp={c.pretraining_tp} is not supported (only 1)")
     heads, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     if heads % kv:
-        raise ValueError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+        raise InputError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
     if c.head_dim is None and c.hidden_size % heads:
-        raise ValueError(f"hidden_size {c.hidden_size} is not a multiple of num_attention_heads {heads}")
+        raise InputError(f"hidden_size {c.hidden_size} is not a multiple of num_attention_heads {heads}")
     activation(c.hidden_act)
 
 # ---------------------------------------------------------------------------------------------------- blocks
@@ -149,6 +151,8 @@ class LlamaModel(PreTrainedModel):
     def __init__(self, config: Config):
         super().__init__(config)
         check_config(config)
+        if config.head_dim is None:  # written out, as the reference's Llama config does (its Qwen2 cannot read null)
+            config.head_dim = config.hidden_size // config.num_attention_heads
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, w) for w in layer_windows(config))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -240,3 +244,37 @@ class LlamaForTokenClassification(PreTrainedModel):
                 labels: Tensor | None = None) -> ModelOutput:
         x, packing = self.model.encode(input_ids, attention_mask, position_ids)  # (N, H)
         return token_logits_and_loss(self.score, self.dropout(x), packing, input_ids.shape[1], labels)
+
+
+class LlamaForQuestionAnswering(PreTrainedModel):
+    """Start and end logits of the answer span over the real tokens (packed); each token sees only those before it.
+    The backbone is `transformer`, as the reference names it for Llama, Qwen2 and Qwen3 (Mistral's is `model`)."""
+
+    base_model_prefix = "transformer"
+    # The family's other heads save the backbone as `model.`: loaded here, their weights land in `transformer.`
+    # (the reference leaves the whole backbone freshly initialised when given a causal-LM checkpoint).
+    backbone_aliases = ("model",)
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, LlamaModel(config))
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                start_positions: Tensor | None = None, end_positions: Tensor | None = None) -> ModelOutput:
+        x, packing = self.base_model.encode(input_ids, attention_mask, position_ids)  # (N, H)
+        return span_logits_and_loss(self.qa_outputs, x, packing, attention_mask, input_ids.shape[1],
+                                    start_positions, end_positions)
+
+
+class MistralForQuestionAnswering(LlamaForQuestionAnswering):
+    base_model_prefix = "model"
+    backbone_aliases = ()
+
+
+class Qwen2ForQuestionAnswering(LlamaForQuestionAnswering):
+    """Llama's, under the name the reference writes in config.json's architectures."""
+
+
+class Qwen3ForQuestionAnswering(LlamaForQuestionAnswering):
+    """Llama's, under the name the reference writes in config.json's architectures."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..checkpoint_io import CheckpointError, atomic_write, resolve_folder, save_state_dict
 from ..models.gpt2 import Conv1D
 from ..models.layers import Dropout
@@ -87,16 +88,16 @@ class LoraConfig:
         if isinstance(self.task_type, Enum):
             self.task_type = self.task_type.value
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise ValueError(f"LoraConfig r={self.r!r}: the rank must be a positive integer")
+            raise InputError(f"LoraConfig r={self.r!r}: the rank must be a positive integer")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"LoraConfig lora_dropout={self.lora_dropout!r} is outside [0, 1)")
+            raise InputError(f"LoraConfig lora_dropout={self.lora_dropout!r} is outside [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):
-            raise ValueError(f"LoraConfig bias={self.bias!r}: expected 'none', 'all' or 'lora_only'")
+            raise InputError(f"LoraConfig bias={self.bias!r}: expected 'none', 'all' or 'lora_only'")
         if self.task_type is not None and self.task_type not in TaskType._value2member_map_:
-            raise ValueError(f"LoraConfig task_type={self.task_type!r} is not supported; supported: "
+            raise InputError(f"LoraConfig task_type={self.task_type!r} is not supported; supported: "
                              f"{', '.join(TaskType._value2member_map_)}")
         if self.init_lora_weights not in (True, False, "gaussian"):
-            raise ValueError(f"LoraConfig init_lora_weights={self.init_lora_weights!r} is not supported "
+            raise InputError(f"LoraConfig init_lora_weights={self.init_lora_weights!r} is not supported "
                              "(True, False or 'gaussian')")
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
@@ -314,7 +315,7 @@ class LoraModel(nn.Module):
         targets = config.target_modules
         if targets is None:
             if model_type not in DEFAULT_TARGETS:
-                raise ValueError(f"LoraConfig target_modules is not set and model_type {model_type!r} has no "
+                raise InputError(f"LoraConfig target_modules is not set and model_type {model_type!r} has no "
                                  f"default; name the layers, e.g. target_modules='all-linear'")
             targets = config.target_modules = list(DEFAULT_TARGETS[model_type])
         linear = [name for name, m in self.model.named_modules() if _is_linear(m)]
@@ -335,7 +336,7 @@ class LoraModel(nn.Module):
                     names = sorted({n.rsplit(".", 1)[-1] for n in linear})
                     also = (f"; {', '.join(unsupported[:3])} matched but LoRA supports only linear layers"
                             if unsupported else "")
-                    raise ValueError(f"LoraConfig target_modules entry {entry!r} matches no linear layer of this "
+                    raise InputError(f"LoraConfig target_modules entry {entry!r} matches no linear layer of this "
                                      f"{type(self.model).__name__}{also}; its linear layers are named: "
                                      f"{', '.join(names)} (or use target_modules='all-linear')")
         if config.exclude_modules:
@@ -367,7 +368,7 @@ class LoraModel(nn.Module):
                 wrapped += 1
         if config.modules_to_save and not wrapped and config.task_type not in TASK_HEADS:
             names = sorted({n.rsplit(".", 1)[-1] for n, _ in self.model.named_children()})
-            raise ValueError(f"LoraConfig modules_to_save {config.modules_to_save} matches no module; the model's "
+            raise InputError(f"LoraConfig modules_to_save {config.modules_to_save} matches no module; the model's "
                              f"top-level modules are: {', '.join(names)}")
         for name, module in self.model.named_modules():
             if isinstance(module, Linear):
@@ -508,9 +509,9 @@ class PeftModel(nn.Module):
         if kwargs:
             raise TypeError(f"save_pretrained() got argument(s) it does not implement: {', '.join(sorted(kwargs))}")
         if not safe_serialization:
-            raise ValueError("safe_serialization=False is not supported: tuneforge writes safetensors only")
+            raise InputError("safe_serialization=False is not supported: tuneforge writes safetensors only")
         if selected_adapters not in (None, [self.active_adapter]):
-            raise ValueError(f"selected_adapters={selected_adapters}: this model has only the adapter "
+            raise InputError(f"selected_adapters={selected_adapters}: this model has only the adapter "
                              f"{self.active_adapter!r}")
         folder = Path(save_directory)
         if not is_main_process:
@@ -601,7 +602,7 @@ class PeftModel(nn.Module):
         """The wrapped model with each update merged into its weight (W + s B A) and the trained heads in place:
         a plain model, saved and loaded like any other."""
         if adapter_names not in (None, [self.active_adapter]):
-            raise ValueError(f"adapter_names={adapter_names}: this model has only {self.active_adapter!r}")
+            raise InputError(f"adapter_names={adapter_names}: this model has only {self.active_adapter!r}")
         model = self._unload(merge=True)
         if safe_merge:
             bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
@@ -642,12 +643,12 @@ def get_peft_model(model: nn.Module, peft_config: LoraConfig, adapter_name: str 
     if not isinstance(peft_config, LoraConfig):
         raise TypeError(f"get_peft_model() takes a LoraConfig, not {type(peft_config).__name__}")
     if mixed:
-        raise ValueError("mixed=True (several adapter types at once) is not supported")
+        raise InputError("mixed=True (several adapter types at once) is not supported")
     if not autocast_adapter_dtype:
-        raise ValueError("autocast_adapter_dtype=False is not supported: adapters on a half-precision base train "
+        raise InputError("autocast_adapter_dtype=False is not supported: adapters on a half-precision base train "
                          "in float32")
     if any(isinstance(m, (Linear, ModulesToSaveWrapper)) for m in model.modules()):
-        raise ValueError("this model already has a LoRA adapter; merge_and_unload() it first")
+        raise InputError("this model already has a LoRA adapter; merge_and_unload() it first")
     config = copy.deepcopy(peft_config)
     config.base_model_name_or_path = getattr(getattr(model, "config", None), "name_or_path", None) or None
     if revision is not None:

@@ -7,6 +7,8 @@ import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from ..errors import InputError
+
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr")
@@ -195,28 +197,28 @@ class TrainingArguments:
             value = getattr(self, name)
             value = getattr(value, "value", value)  # enums from ported code
             if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not supported; use one of {', '.join(allowed)}")
+                raise InputError(f"{name}={value!r} is not supported; use one of {', '.join(allowed)}")
             setattr(self, name, value)
         self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
         for reporter in self.report_to:
             if reporter not in REPORTERS and reporter not in INTEGRATIONS:
-                raise ValueError(f"report_to={reporter!r} is not supported; use one of {', '.join(REPORTERS)}")
+                raise InputError(f"report_to={reporter!r} is not supported; use one of {', '.join(REPORTERS)}")
         if self.fp16:
             import torch
-            raise ValueError("fp16=True needs a CUDA GPU, and tuneforge trains in bf16 there: use bf16=True"
+            raise InputError("fp16=True needs a CUDA GPU, and tuneforge trains in bf16 there: use bf16=True"
                              if torch.cuda.is_available() else
                              "fp16=True needs a CUDA GPU and this machine has none; train in float32, or bf16=True")
         if self.tf32:
             import torch
             if not torch.cuda.is_available():
-                raise ValueError("tf32=True needs an Ampere or newer CUDA GPU and this machine has none")
+                raise InputError("tf32=True needs an Ampere or newer CUDA GPU and this machine has none")
         for name in ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"):
             value = getattr(self, name)
             if isinstance(value, str):  # from the command line, as in the reference
                 try:
                     setattr(self, name, json.loads(value))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{name}={value!r} is not a JSON object: {e}") from None
+                    raise InputError(f"{name}={value!r} is not a JSON object: {e}") from None
         if self.activation_checkpointing is not None:  # the reference's newer name for gradient_checkpointing
             self.gradient_checkpointing = bool(self.activation_checkpointing)
         if self.activation_checkpointing_kwargs is not None:
@@ -226,22 +228,22 @@ class TrainingArguments:
         if self.include_num_input_tokens_seen in (True, False):
             self.include_num_input_tokens_seen = "all" if self.include_num_input_tokens_seen else "no"
         if self.include_num_input_tokens_seen not in ("no", "all", "non_padding"):
-            raise ValueError(f"include_num_input_tokens_seen={self.include_num_input_tokens_seen!r} is not "
+            raise InputError(f"include_num_input_tokens_seen={self.include_num_input_tokens_seen!r} is not "
                              "supported; use one of no, all, non_padding")
         for name in ("log_level", "log_level_replica"):
             if getattr(self, name) not in (*LOG_LEVELS, "passive"):
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of "
+                raise InputError(f"{name}={getattr(self, name)!r} is not supported; use one of "
                                  f"{', '.join((*LOG_LEVELS, 'passive'))}")
         self.train_sampling_strategy = getattr(self.train_sampling_strategy, "value", self.train_sampling_strategy)
         if self.train_sampling_strategy not in SAMPLING:
-            raise ValueError(f"train_sampling_strategy={self.train_sampling_strategy!r} is not supported; use one "
+            raise InputError(f"train_sampling_strategy={self.train_sampling_strategy!r} is not supported; use one "
                              f"of {', '.join(SAMPLING)}")
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
         self.group_by_length = self.train_sampling_strategy == "group_by_length"
         if self.dataloader_num_workers == 0 and (self.dataloader_persistent_workers
                                                  or self.dataloader_prefetch_factor is not None):
-            raise ValueError("dataloader_persistent_workers and dataloader_prefetch_factor need "
+            raise InputError("dataloader_persistent_workers and dataloader_prefetch_factor need "
                              "dataloader_num_workers > 0")
         if self.eval_strategy != "no":
             self.do_eval = True  # as in the reference
@@ -249,38 +251,38 @@ class TrainingArguments:
             self.local_rank = int(os.environ["LOCAL_RANK"])
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
-            raise ValueError(f"num_train_epochs={self.num_train_epochs} trains nothing; set it above 0 or set "
+            raise InputError(f"num_train_epochs={self.num_train_epochs} trains nothing; set it above 0 or set "
                              "max_steps")
         if self.learning_rate < 0 or not math.isfinite(self.learning_rate):
-            raise ValueError(f"learning_rate must be a finite non-negative number, got {self.learning_rate}")
+            raise InputError(f"learning_rate must be a finite non-negative number, got {self.learning_rate}")
         if not 0.0 <= self.warmup_ratio <= 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+            raise InputError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise InputError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.max_grad_norm is not None and self.max_grad_norm < 0:
-            raise ValueError(f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
+            raise InputError(f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise ValueError(f"save_total_limit must be at least 1 or None, got {self.save_total_limit}")
+            raise InputError(f"save_total_limit must be at least 1 or None, got {self.save_total_limit}")
         if self.eval_strategy == "steps" and self.eval_steps is None:
             self.eval_steps = self.logging_steps
         for name in ("eval_steps", "save_steps", "logging_steps"):
             strategy = getattr(self, name.replace("_steps", "_strategy"))
             value = getattr(self, name)
             if strategy == "steps" and not value > 0:
-                raise ValueError(f"{name} must be above 0 when {name.replace('_steps', '_strategy')}='steps'")
+                raise InputError(f"{name} must be above 0 when {name.replace('_steps', '_strategy')}='steps'")
         if self.save_strategy == "best" and self.eval_strategy == "no":
-            raise ValueError("save_strategy='best' needs evaluations: set eval_strategy to 'steps' or 'epoch'")
+            raise InputError("save_strategy='best' needs evaluations: set eval_strategy to 'steps' or 'epoch'")
         if self.load_best_model_at_end:
             if self.eval_strategy == "no":
-                raise ValueError("load_best_model_at_end=True needs evaluations: set eval_strategy to 'steps' or "
+                raise InputError("load_best_model_at_end=True needs evaluations: set eval_strategy to 'steps' or "
                                  "'epoch' (and save_strategy to the same)")
             if self.save_strategy not in (self.eval_strategy, "best"):
-                raise ValueError(f"load_best_model_at_end=True needs save_strategy equal to eval_strategy "
+                raise InputError(f"load_best_model_at_end=True needs save_strategy equal to eval_strategy "
                                  f"({self.eval_strategy!r}), got save_strategy={self.save_strategy!r}")
             if self.eval_strategy == "steps" and self.save_strategy == "steps" and self.save_steps % self.eval_steps:
-                raise ValueError(f"load_best_model_at_end=True needs save_steps ({self.save_steps}) to be a "
+                raise InputError(f"load_best_model_at_end=True needs save_steps ({self.save_steps}) to be a "
                                  f"multiple of eval_steps ({self.eval_steps}), so every save has an evaluation")
         if self.metric_for_best_model is None and (self.load_best_model_at_end or self.save_strategy == "best"):
             self.metric_for_best_model = "loss"
@@ -291,14 +293,14 @@ class TrainingArguments:
 
     def _refuse_unimplemented(self) -> None:
         if self.enable_jit_checkpoint and not self.save_on_preemption:
-            raise ValueError("enable_jit_checkpoint=True saves a checkpoint on SIGTERM, which "
+            raise InputError("enable_jit_checkpoint=True saves a checkpoint on SIGTERM, which "
                              "save_on_preemption=False turns off; leave save_on_preemption at True")
         defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
                     for f in fields(self) if f.name in REFUSED}
         for name, default in defaults.items():
             value = getattr(self, name)
             if value != default and not (name == "debug" and not value):
-                raise ValueError(f"{name}={value!r} is not supported by tuneforge ({REFUSED[name]}); leave it at "
+                raise InputError(f"{name}={value!r} is not supported by tuneforge ({REFUSED[name]}); leave it at "
                                  f"its default, {default!r}")
 
     # ---------------------------------------------------------------- the reference's derived properties

@@ -8,6 +8,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
+
 logger = logging.getLogger("tuneforge")
 
 
@@ -202,7 +204,7 @@ class EarlyStoppingCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.eval_strategy == "no":
-            raise ValueError("EarlyStoppingCallback needs evaluations: set eval_strategy to 'steps' or 'epoch'")
+            raise InputError("EarlyStoppingCallback needs evaluations: set eval_strategy to 'steps' or 'epoch'")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         name = args.metric_for_best_model or "loss"

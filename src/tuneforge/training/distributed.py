@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from ..errors import InputError
 from ..data import store_rows
 
 
@@ -90,6 +91,9 @@ class Distributed:
             return model
         if args.fsdp:
             from torch.distributed.fsdp import fully_shard
+            for param in model.parameters():  # FSDP frees the unsharded storage by resizing it, which a
+                if not param.untyped_storage().resizable():  # loaded tensor's memory-mapped file cannot
+                    param.data = param.data.clone()
             for block in _blocks(model):
                 fully_shard(block)
             self.fsdp = True
@@ -143,7 +147,7 @@ def _fsdp_no_sync(model):
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The transformer blocks, FSDP's unit of sharding: the model's family says where they are."""
     if not hasattr(model, "blocks"):
-        raise ValueError(f"fsdp=True needs a tuneforge model that names its blocks; {type(model).__name__} has no "
+        raise InputError(f"fsdp=True needs a tuneforge model that names its blocks; {type(model).__name__} has no "
                          "blocks() method")
     return list(model.blocks())
 

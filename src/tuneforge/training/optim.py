@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
 
 
@@ -185,10 +187,10 @@ def lr_lambda(kind: str, warmup: int, total: int, base_lr: float = 1.0, **kwargs
     known = {"cosine": {"num_cycles"}, "cosine_with_restarts": {"num_cycles"}, "polynomial": {"lr_end", "power"},
              "inverse_sqrt": {"timescale"}, "cosine_with_min_lr": {"num_cycles", "min_lr", "min_lr_rate"}}
     if kind not in SCHEDULES:
-        raise ValueError(f"lr_scheduler_type={kind!r} is not supported; use one of {', '.join(SCHEDULES)}")
+        raise InputError(f"lr_scheduler_type={kind!r} is not supported; use one of {', '.join(SCHEDULES)}")
     unknown = set(kwargs) - known.get(kind, set())
     if unknown:
-        raise ValueError(f"lr_scheduler_kwargs {', '.join(sorted(unknown))} do not apply to the {kind!r} schedule"
+        raise InputError(f"lr_scheduler_kwargs {', '.join(sorted(unknown))} do not apply to the {kind!r} schedule"
                          f"{' (it takes ' + ', '.join(sorted(known[kind])) + ')' if kind in known else ''}")
     cycles = kwargs.get("num_cycles", 1 if kind == "cosine_with_restarts" else 0.5)
 
@@ -214,7 +216,7 @@ def lr_lambda(kind: str, warmup: int, total: int, base_lr: float = 1.0, **kwargs
 
     lr_end, power = kwargs.get("lr_end", 1e-7), kwargs.get("power", 1.0)
     if kind == "polynomial" and not base_lr > lr_end:
-        raise ValueError(f"lr_end ({lr_end}) must be smaller than initial lr ({base_lr})")
+        raise InputError(f"lr_end ({lr_end}) must be smaller than initial lr ({base_lr})")
 
     def polynomial(step):
         if step < warmup:
@@ -232,7 +234,7 @@ def lr_lambda(kind: str, warmup: int, total: int, base_lr: float = 1.0, **kwargs
     min_lr, min_lr_rate = kwargs.get("min_lr"), kwargs.get("min_lr_rate")
     if kind == "cosine_with_min_lr":
         if (min_lr is None) == (min_lr_rate is None):
-            raise ValueError("lr_scheduler_type='cosine_with_min_lr' needs exactly one of min_lr and min_lr_rate in "
+            raise InputError("lr_scheduler_type='cosine_with_min_lr' needs exactly one of min_lr and min_lr_rate in "
                              "lr_scheduler_kwargs")
         min_lr_rate = min_lr / base_lr if min_lr is not None else min_lr_rate
 
@@ -259,14 +261,14 @@ def get_scheduler(name, optimizer: torch.optim.Optimizer, num_warmup_steps: int 
     .step() after each optimizer.step())."""
     name = getattr(name, "value", name)
     if name in NOT_SCHEDULES:
-        raise ValueError(f"lr_scheduler_type={name!r} is not supported by tuneforge; use one of "
+        raise InputError(f"lr_scheduler_type={name!r} is not supported by tuneforge; use one of "
                          f"{', '.join(SCHEDULES)}")
     if name not in SCHEDULES:
-        raise ValueError(f"{name!r} is not a valid SchedulerType, please select one of {', '.join(SCHEDULES)}")
+        raise InputError(f"{name!r} is not a valid SchedulerType, please select one of {', '.join(SCHEDULES)}")
     if name != "constant" and num_warmup_steps is None:
-        raise ValueError(f"{name} requires `num_warmup_steps`, please provide that argument.")
+        raise InputError(f"{name} requires `num_warmup_steps`, please provide that argument.")
     if name not in ("constant", "constant_with_warmup", "inverse_sqrt") and num_training_steps is None:
-        raise ValueError(f"{name} requires `num_training_steps`, please provide that argument.")
+        raise InputError(f"{name} requires `num_training_steps`, please provide that argument.")
     base_lr = optimizer.defaults.get("lr", 1.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(name, num_warmup_steps or 0, num_training_steps or 0,
                                                                   base_lr, **(scheduler_specific_kwargs or {})))

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from ..data import column_names
 from ..models.heads import LMOutput
 from .arguments import TrainingArguments
@@ -68,15 +69,15 @@ class SFTConfig(TrainingArguments):
                    "chat_template_path": (self.chat_template_path, (None,))}
         for name, (value, supported) in refused.items():
             if value not in supported:
-                raise ValueError(f"SFTConfig({name}={value!r}) is not supported; supported: "
+                raise InputError(f"SFTConfig({name}={value!r}) is not supported; supported: "
                                  f"{', '.join(map(repr, supported))}")
         unknown = set(self.dataset_kwargs or {}) - {"skip_prepare_dataset"}
         if unknown:
-            raise ValueError(f"dataset_kwargs {', '.join(sorted(unknown))}: only 'skip_prepare_dataset' is supported")
+            raise InputError(f"dataset_kwargs {', '.join(sorted(unknown))}: only 'skip_prepare_dataset' is supported")
         if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"max_length must be at least 1 or None, got {self.max_length}")
+            raise InputError(f"max_length must be at least 1 or None, got {self.max_length}")
         if self.packing and self.max_length is None:
-            raise ValueError("packing=True needs max_length (the packed rows' length); it is None")
+            raise InputError("packing=True needs max_length (the packed rows' length); it is None")
 
 
 @dataclass
@@ -93,6 +94,7 @@ class DataCollatorForLanguageModeling:
     return_tensors: str = "pt"
 
     makes_labels = True
+    columns_read = ("seq_lengths",)  # kept by the Trainer, which removes the columns the model does not take
 
     def __call__(self, examples: list[dict]) -> dict:
         ids = [list(e["input_ids"]) for e in examples]
@@ -160,12 +162,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def _check_messages(messages, name: str, row: int, column: str) -> None:
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"{name} row {row}: '{column}' must be a non-empty list of {{'role', 'content'}} messages, "
+        raise InputError(f"{name} row {row}: '{column}' must be a non-empty list of {{'role', 'content'}} messages, "
                          f"got {messages!r:.80}")
     for j, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None
         if role not in KNOWN_ROLES:
-            raise ValueError(f"{name} row {row}: '{column}' message {j} has role {role!r}; known roles: "
+            raise InputError(f"{name} row {row}: '{column}' message {j} has role {role!r}; known roles: "
                              f"{', '.join(KNOWN_ROLES)}")
 
 
@@ -189,7 +191,7 @@ def _assistant_mask(tokenizer, messages, ids: list[int], name: str, row: int) ->
         through = _chat_ids(tokenizer, messages[:j + 1])
         start, end = _common_prefix(before, through), len(through)
         if start < len(before) or ids[:end] != through:
-            raise ValueError(f"{name} row {row}: the chat template does not render assistant turn {j} as an "
+            raise InputError(f"{name} row {row}: the chat template does not render assistant turn {j} as an "
                              "extension of the conversation before it, so its tokens cannot be found; use a template "
                              "with {% generation %} markers for assistant_only_loss")
         mask[start:end] = [1] * (end - start)
@@ -215,13 +217,13 @@ def prepare_dataset(dataset, tokenizer, args: SFTConfig, name: str, packing: boo
     elif text_field in columns:
         kind = "text"
     else:
-        raise ValueError(f"{name} has none of the known columns (its columns: {', '.join(columns) or 'none'}); "
+        raise InputError(f"{name} has none of the known columns (its columns: {', '.join(columns) or 'none'}); "
                          f"SFT takes {', '.join(FORMATS)}")
     completion_only = args.completion_only_loss
     if completion_only is None:
         completion_only = kind == "prompt_completion"
     elif completion_only and kind != "prompt_completion":
-        raise ValueError(f"completion_only_loss=True needs a 'prompt' + 'completion' dataset; {name} is '{kind}'")
+        raise InputError(f"completion_only_loss=True needs a 'prompt' + 'completion' dataset; {name} is '{kind}'")
     eos = tokenizer.eos_token
     rows = []
     for i, example in enumerate(dataset, start=first_row):
@@ -231,9 +233,9 @@ def prepare_dataset(dataset, tokenizer, args: SFTConfig, name: str, packing: boo
         if kind == "text":
             text = example[text_field]
             if not isinstance(text, str) or not text:
-                raise ValueError(f"{name} row {i}: '{text_field}' must be a non-empty string, got {text!r:.80}")
+                raise InputError(f"{name} row {i}: '{text_field}' must be a non-empty string, got {text!r:.80}")
             if args.assistant_only_loss:
-                raise ValueError("assistant_only_loss=True needs a conversational dataset ('messages', or 'prompt' + "
+                raise InputError("assistant_only_loss=True needs a conversational dataset ('messages', or 'prompt' + "
                                  f"'completion' as message lists); {name} is plain text")
             if eos and not text.endswith(eos):
                 text += eos
@@ -247,13 +249,13 @@ def prepare_dataset(dataset, tokenizer, args: SFTConfig, name: str, packing: boo
         else:
             prompt, completion = example["prompt"], example["completion"]
             if not completion:
-                raise ValueError(f"{name} row {i}: 'completion' is empty; every example needs a completion to train on")
+                raise InputError(f"{name} row {i}: 'completion' is empty; every example needs a completion to train on")
             if isinstance(prompt, str) != isinstance(completion, str):
-                raise ValueError(f"{name} row {i}: 'prompt' and 'completion' must both be strings or both be message "
+                raise InputError(f"{name} row {i}: 'prompt' and 'completion' must both be strings or both be message "
                                  "lists")
             if isinstance(completion, str):
                 if args.assistant_only_loss:
-                    raise ValueError("assistant_only_loss=True needs conversational prompts and completions (message "
+                    raise InputError("assistant_only_loss=True needs conversational prompts and completions (message "
                                      f"lists); {name} has strings")
                 if eos and not completion.endswith(eos):
                     completion += eos
@@ -271,7 +273,7 @@ def prepare_dataset(dataset, tokenizer, args: SFTConfig, name: str, packing: boo
             if args.assistant_only_loss:
                 masks.append(_assistant_mask(tokenizer, conversation, ids, name, i))
         if args.assistant_only_loss and 1 not in masks[-1]:
-            raise ValueError(f"{name} row {i}: assistant_only_loss=True but the example has no assistant tokens")
+            raise InputError(f"{name} row {i}: assistant_only_loss=True but the example has no assistant tokens")
         labels = [t if all(m[j] for m in masks) else -100 for j, t in enumerate(ids)]
         rows.append({"input_ids": ids, "labels": labels})
     return _finish(rows, args, name, packing, position_limit, first_row)
@@ -283,7 +285,7 @@ def _finish(rows: list[dict], args: SFTConfig, name: str, packing: bool, positio
     if limit is None and position_limit is not None:  # truncation off: nothing may exceed what the model takes
         for i, r in enumerate(rows, start=first_row):
             if len(r["input_ids"]) > position_limit:
-                raise ValueError(f"{name} row {i}: {len(r['input_ids'])} tokens, longer than the model's "
+                raise InputError(f"{name} row {i}: {len(r['input_ids'])} tokens, longer than the model's "
                                  f"{position_limit} positions, with truncation off (max_length=None); set max_length")
     if packing:
         return pack_bfd(rows, limit)
@@ -291,19 +293,36 @@ def _finish(rows: list[dict], args: SFTConfig, name: str, packing: bool, positio
         rows = [{k: v[:limit] for k, v in r.items()} for r in rows]  # keep_start
     kept = [r for r in rows if any(t != -100 for t in r["labels"])]  # TRL drops fully masked examples
     if not kept:
-        raise ValueError(f"{name}: no example has a token to train on after masking and truncation to {limit}")
+        raise InputError(f"{name}: no example has a token to train on after masking and truncation to {limit}")
     return kept
 
 
 # ------------------------------------------------------------------------------------------ the trainer
 
 
+def _with_adapter(model, peft_config):
+    """TRL's peft_config: the model wrapped with get_peft_model(model, peft_config) (task_type as given: TRL sets
+    none). TRL's other PEFT steps need nothing here: enable_input_require_grads is for reentrant checkpointing, and
+    tuneforge's is non-reentrant (reentrant is refused); added tokens come only with chat_template_path (refused);
+    an adapter on lm_head, which TRL refuses because its fused LM head reads lm_head.weight, trains here (the LM head
+    calls a replaced module as a module)."""
+    from ..peft.lora import LoraConfig, PeftModel, get_peft_model
+    if not isinstance(peft_config, LoraConfig):
+        raise TypeError(f"peft_config must be a tuneforge LoraConfig (tuneforge implements LoRA only), got "
+                        f"{type(peft_config).__module__}.{type(peft_config).__name__}")
+    if isinstance(model, PeftModel):
+        raise InputError("You passed a PeftModel together with a peft_config to SFTTrainer: merge_and_unload() the "
+                         "existing adapter first, save that base model, and pass it with the new peft_config")
+    return get_peft_model(model, peft_config)
+
+
 class SFTTrainer:
     """TRL's SFTTrainer over the Trainer: `model` a model or a checkpoint path (loaded with
     AutoModelForCausalLM and args.model_init_kwargs), datasets in TRL's formats, `processing_class` the tokenizer
-    (loaded from the path when not given). Logs TRL's `num_tokens` (all tokens trained on so far, padding excluded)
-    and `mean_token_accuracy` (argmax hits over labelled tokens, per logging interval). Everything else — train(),
-    evaluate(), save_model(), state, ... — is the Trainer's."""
+    (loaded from the path when not given), `peft_config` a LoraConfig: the model is wrapped with get_peft_model and
+    save_model() writes the adapter (PEFT's format). Logs TRL's `num_tokens` (all tokens trained on so far, padding
+    excluded) and `mean_token_accuracy` (argmax hits over labelled tokens, per logging interval). Everything else —
+    train(), evaluate(), save_model(), state, ... — is the Trainer's."""
 
     def __init__(self, model, args: SFTConfig | TrainingArguments | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, compute_loss_func=None,
@@ -317,10 +336,10 @@ class SFTTrainer:
         elif not isinstance(args, SFTConfig):
             args = SFTConfig(**{k: v for k, v in args.to_dict().items() if k != "hub_token"},
                              hub_token=args.hub_token)
-        for option, value in (("compute_loss_func", compute_loss_func), ("peft_config", peft_config),
+        for option, value in (("compute_loss_func", compute_loss_func),
                               ("optimizer_cls_and_kwargs", optimizer_cls_and_kwargs)):
             if value is not None:
-                raise ValueError(f"SFTTrainer({option}=...) is not supported by tuneforge")
+                raise InputError(f"SFTTrainer({option}=...) is not supported by tuneforge")
         if isinstance(model, str):
             path = model
             model = AutoModelForCausalLM.from_pretrained(path, **(args.model_init_kwargs or {}))
@@ -328,18 +347,20 @@ class SFTTrainer:
                 gguf = (args.model_init_kwargs or {}).get("gguf_file")
                 processing_class = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
         elif args.model_init_kwargs:
-            raise ValueError("model_init_kwargs is used only when model is a path; the model is already built")
+            raise InputError("model_init_kwargs is used only when model is a path; the model is already built")
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path)
         tokenizer = processing_class
+        if peft_config is not None:
+            model = _with_adapter(model, peft_config)
         if args.eos_token is not None:
             if args.eos_token not in tokenizer.get_vocab():
-                raise ValueError(f"eos_token {args.eos_token!r} is not in the tokenizer's vocabulary")
+                raise InputError(f"eos_token {args.eos_token!r} is not in the tokenizer's vocabulary")
             tokenizer.eos_token = args.eos_token
             model.config.eos_token_id = tokenizer.eos_token_id
         pad = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
         if pad is None or pad not in tokenizer.get_vocab():
-            raise ValueError(f"pad token {pad!r} is not in the tokenizer's vocabulary; set tokenizer.pad_token")
+            raise InputError(f"pad token {pad!r} is not in the tokenizer's vocabulary; set tokenizer.pad_token")
         tokenizer.pad_token = pad
         self.args, self.processing_class = args, tokenizer
         padding_free = args.padding_free or args.packing

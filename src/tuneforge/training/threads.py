@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from .callbacks import TrainerCallback
 
 logger = logging.getLogger("tuneforge")
@@ -163,7 +164,7 @@ class ThreadBudget(TrainerCallback):
         started, or a torch.set_num_threads() call) come first; then TUNEFORGE_NUM_THREADS."""
         value = os.environ.get(ENV, "auto").strip().lower()
         if value not in ("", "auto") and (not value.isdigit() or int(value) < 1):
-            raise ValueError(f"{ENV}={value!r}: use a positive number of threads or 'auto'")
+            raise InputError(f"{ENV}={value!r}: use a positive number of threads or 'auto'")
         if os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() != _TORCH_DEFAULT:
             return torch.get_num_threads()
         return None if value in ("", "auto") else int(value)

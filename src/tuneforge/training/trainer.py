@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..data import (LABEL_KEYS, DataCollatorWithPadding, RowView, column_names, column_values, default_data_collator,
                     length_grouped_batches, sequence_lengths, shuffled_batches, sorted_batches, store_rows)
 from . import checkpoint, distributed
@@ -43,6 +44,11 @@ class TrainOutput(NamedTuple):
     global_step: int
     training_loss: float
     metrics: dict[str, float]
+
+
+class MetricNotFoundError(InputError, KeyError):
+    """metric_for_best_model names a metric the evaluation does not return: the user's argument, so an InputError,
+    and a KeyError as the reference raises."""
 
 
 def set_seed(seed: int) -> None:
@@ -99,7 +105,7 @@ class Trainer:
             logger.setLevel(self.args.get_process_log_level())
         if model is None:
             if model_init is None:
-                raise ValueError("Trainer needs a model (or model_init)")
+                raise InputError("Trainer needs a model (or model_init)")
             model = model_init()
         self.model = model
         self.dist = distributed.setup(self.args)
@@ -178,18 +184,21 @@ class Trainer:
 
     def _rows(self, dataset, name: str) -> RowView:
         if dataset is None:
-            raise ValueError(f"Trainer has no {name}: pass {name}= to Trainer()")
+            raise InputError(f"Trainer has no {name}: pass {name}= to Trainer()")
         if len(dataset) == 0:
-            raise ValueError(f"{name} is empty: it has no rows to train or evaluate on")
+            raise InputError(f"{name} is empty: it has no rows to train or evaluate on")
         columns = column_names(dataset)
         accepted = self._model_inputs()
         if not self.args.remove_unused_columns or accepted is None:
             keep = columns
         else:
-            keep = [c for c in columns if c in accepted or c in LABEL_KEYS]
+            # Columns the collator reads itself (the packed rows' seq_lengths of SFT's) stay too, as TRL's
+            # signature columns: dropped, packed sequences would attend to each other.
+            read = set(getattr(self.data_collator, "columns_read", ()))
+            keep = [c for c in columns if c in accepted or c in LABEL_KEYS or c in read]
             inputs = [c for c in keep if c not in LABEL_KEYS]
             if not inputs:
-                raise ValueError(f"{name} has no column the model takes (the model takes "
+                raise InputError(f"{name} has no column the model takes (the model takes "
                                  f"{', '.join(sorted(accepted - {'labels'}))}; {name} has {', '.join(columns)}); "
                                  "tokenize it first, e.g. dataset.map(tokenize, batched=True)")
         return RowView(dataset, keep)
@@ -201,7 +210,7 @@ class Trainer:
         label_column = next((c for c in LABEL_KEYS if c in columns), None)
         if label_column is None:
             if accepted is not None and "labels" in accepted and not getattr(self.data_collator, "makes_labels", False):
-                raise ValueError(f"{name} has no label column ('label' or 'labels'); its columns are "
+                raise InputError(f"{name} has no label column ('label' or 'labels'); its columns are "
                                  f"{', '.join(columns)}")
             return
         config = getattr(self.model, "config", None)
@@ -213,11 +222,11 @@ class Trainer:
             if isinstance(value, (list, tuple, np.ndarray)) and problem_type is None:
                 return  # multi-label targets: the loss infers the problem type from them
             if isinstance(value, str) or not float(value) == int(value):
-                raise ValueError(f"{name} column '{label_column}' row {row}: label {value!r} is not a class id; "
+                raise InputError(f"{name} column '{label_column}' row {row}: label {value!r} is not a class id; "
                                  f"the model's head takes ids 0..{num_labels - 1} (map names to ids first, "
                                  "e.g. with model.config.label2id)")
             if not 0 <= int(value) < num_labels:
-                raise ValueError(f"{name} column '{label_column}' row {row}: label {value!r} is outside "
+                raise InputError(f"{name} column '{label_column}' row {row}: label {value!r} is outside "
                                  f"[0, {num_labels}) for a model with num_labels={num_labels}")
 
     def _loader(self, rows: RowView, batches: list[list[int]]) -> torch.utils.data.DataLoader:
@@ -310,7 +319,7 @@ class Trainer:
             loss = outputs
         elif isinstance(outputs, dict):
             if outputs.get("loss") is None:
-                raise ValueError(f"the model returned no loss (keys: {', '.join(outputs)}); pass labels or return "
+                raise InputError(f"the model returned no loss (keys: {', '.join(outputs)}); pass labels or return "
                                  "a loss from forward")
             loss = outputs["loss"]
         else:
@@ -474,7 +483,7 @@ class Trainer:
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None,
               ignore_keys_for_eval: list[str] | None = None) -> TrainOutput:
         if trial is not None:
-            raise ValueError("train(trial=...) is not supported: tuneforge has no hyperparameter search")
+            raise InputError("train(trial=...) is not supported: tuneforge has no hyperparameter search")
         self._ignore_keys_for_eval = ignore_keys_for_eval
         with reuse_freed_memory(), ThreadBudget(self), PreemptionGuard(self) as self._preemption:
             try:
@@ -491,7 +500,7 @@ class Trainer:
             self._rows(self.eval_dataset, "eval_dataset")
             self._check_labels(self.eval_dataset, "eval_dataset")
         elif args.eval_strategy != "no" or args.load_best_model_at_end:
-            raise ValueError(f"eval_strategy={args.eval_strategy!r} needs an eval_dataset; pass one to Trainer() "
+            raise InputError(f"eval_strategy={args.eval_strategy!r} needs an eval_dataset; pass one to Trainer() "
                              "or set eval_strategy='no'")
         n = len(rows)
         custom = type(self).get_train_dataloader is not Trainer.get_train_dataloader
@@ -499,7 +508,7 @@ class Trainer:
         batches_per_epoch = len(self._custom_train_loader) if custom else len(self._epoch_batches(0, n))
         accum = args.gradient_accumulation_steps
         if accum > batches_per_epoch:
-            raise ValueError(f"gradient_accumulation_steps={accum} is larger than the {batches_per_epoch} batches "
+            raise InputError(f"gradient_accumulation_steps={accum} is larger than the {batches_per_epoch} batches "
                              f"of an epoch ({n} examples, batch size {args.per_device_train_batch_size}"
                              f"{f' x {self.dist.world_size} processes' if self.dist.world_size > 1 else ''}); "
                              "lower it or the batch size")
@@ -639,7 +648,7 @@ class Trainer:
             return False
         key = name if name.startswith("eval_") else f"eval_{name}"
         if key not in metrics:
-            raise KeyError(f"metric_for_best_model={name!r}: the evaluation returned no {key!r} "
+            raise MetricNotFoundError(f"metric_for_best_model={name!r}: the evaluation returned no {key!r} "
                            f"(it returned {', '.join(metrics)})")
         value, best = metrics[key], self.state.best_metric
         better = best is None or (value > best if self.args.greater_is_better else value < best)
@@ -670,7 +679,7 @@ class Trainer:
         self._wrapped = True
         if self.args.gradient_checkpointing:
             if not hasattr(self.model, "gradient_checkpointing_enable"):
-                raise ValueError(f"gradient_checkpointing=True but {type(self.model).__name__} has no "
+                raise InputError(f"gradient_checkpointing=True but {type(self.model).__name__} has no "
                                  "gradient_checkpointing_enable()")
             self.model.gradient_checkpointing_enable(self.args.gradient_checkpointing_kwargs)
         self.model.to(self.dist.device)
@@ -747,6 +756,13 @@ class Trainer:
         batches = loader.batch_sampler if isinstance(loader.batch_sampler, Batches) else None
         n = batches.rows if batches is not None else len(loader.dataset)
         real = batches.real if batches is not None else len(loader)
+        # A loader from an overridden get_eval_dataloader/get_test_dataloader holds the whole set: under DDP each
+        # process evaluates every world_size-th batch (accelerate shards the reference's loader the same way) and
+        # gather_predictions merges the parts; under FSDP forwards are collective, so every process runs them all.
+        share = batches is None and self.dist.active and not self.dist.fsdp
+        if share and isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
+            raise InputError("the overridden evaluation dataloader has a DistributedSampler: return a loader over the "
+                             "whole set (tuneforge gives each process its share of the batches)")
         predictions = labels = None
         loss_sum, loss_count, offset, seen = 0.0, 0, 0, []
         loss_only = self.args.prediction_loss_only or loss_only
@@ -756,6 +772,9 @@ class Trainer:
         self.callback_handler.objects["eval_dataloader"] = loader
         with torch.inference_mode():
             for k, batch in enumerate(loader):
+                if share and k % self.dist.world_size != self.dist.rank:
+                    offset += _batch_size(batch)  # another process's batch: only its rows' place in the order
+                    continue
                 batch = self._prepare_inputs(batch)
                 loss, logits, batch_labels = self.prediction_step(model, batch, loss_only, ignore_keys=ignore_keys)
                 if k >= real:
@@ -844,17 +863,18 @@ class Trainer:
         (else dataset) name the datasets, dataset_args their configuration."""
         if not self.is_world_process_zero():
             return
-        from ..hub import dataset_name, write_model_card
+        from ..hub import dataset_name, model_task, write_model_card
         config = getattr(self.model, "config", None)
         as_list = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
         datasets = as_list(dataset_tags) or as_list(dataset) or as_list(dataset_name(self.train_dataset))
-        if dataset_args:
-            datasets = [f"{d} ({a})" for d, a in zip(datasets, as_list(dataset_args) * len(datasets))]
+        args = as_list(dataset_args)
         write_model_card(self.args.output_dir, repo_id=model_name or self.args.hub_model_id,
                          base_model=finetuned_from or getattr(config, "name_or_path", None), dataset=datasets,
+                         dataset_args=args * len(datasets) if len(args) == 1 else args,
                          log_history=self.state.log_history, hyperparameters=_hyperparameters(self.args),
                          id2label=getattr(config, "id2label", None), language=language, license=license,
-                         tags=as_list(tags) + as_list(tasks))
+                         tags=tags, tasks=as_list(tasks) or as_list(model_task(self.model)),
+                         adapter=hasattr(self.model, "adapter_state_from_folder"))
 
     def save_state(self) -> None:
         if self.dist.is_main:
@@ -873,15 +893,16 @@ class Trainer:
         except HubError as err:
             logger.warning(f"{err}; training goes on, the next save and the end of training push again")
 
-    def push_to_hub(self, commit_message: str = "End of training", token: str | None = None,
-                    **card_fields) -> str | None:
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, **card_fields) -> str | None:
         """Save the model in output_dir with a model card (README.md), then upload it to args.hub_model_id (created
         if missing; a bare name goes to the token owner's namespace) in one commit.
 
         What is uploaded is the model folder only: the top-level config, weights, tokenizer, training_args.json
         (secrets masked) and README.md of output_dir, never checkpoint-* folders, logs or trainer_state.json
-        (tuneforge.hub.model_files). `card_fields` go to the card: base_model (alias finetuned_from; default the
-        model's name_or_path), dataset (default the train_dataset's name when it has one). The model stays saved
+        (tuneforge.hub.model_files), to `revision` (a branch) when given. The upload always completes before this
+        returns (`blocking=False` gives the same result, later). `card_fields` are create_model_card's keywords
+        (the reference's: model_name, finetuned_from, dataset, dataset_tags, tags, ...). The model stays saved
         in output_dir whatever happens; a failed upload raises tuneforge.hub.HubError (an OSError) with one line
         naming the hub, the repo and that local copy, and never the token. Returns the commit URL (None on
         processes other than the main one)."""
@@ -889,22 +910,16 @@ class Trainer:
         self.callback_handler.call("on_push_begin", self.args, self.state, self.control)
         if not self.dist.is_main:
             return None
-        from ..hub import HubError, dataset_name, model_files, push_files, write_model_card
+        from ..hub import HubError, model_files, push_files
         args = self.args
         repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
         self.save_state()
-        config = getattr(self.model, "config", None)
-        if "finetuned_from" in card_fields:
-            card_fields.setdefault("base_model", card_fields.pop("finetuned_from"))
-        card = {"repo_id": repo_id, "base_model": getattr(config, "name_or_path", None),
-                "dataset": dataset_name(self.train_dataset), "log_history": self.state.log_history,
-                "hyperparameters": _hyperparameters(args), "id2label": getattr(config, "id2label", None),
-                "adapter": hasattr(self.model, "adapter_state_from_folder")}
-        card.update(card_fields)
-        write_model_card(args.output_dir, **card)
+        card_fields.setdefault("model_name", repo_id)
+        self.create_model_card(**card_fields)
         try:
             return push_files(model_files(args.output_dir), repo_id, token=token or args.hub_token,
-                              private=args.hub_private_repo, commit_message=commit_message, source=args.output_dir)
+                              private=args.hub_private_repo, commit_message=commit_message, revision=revision,
+                              source=args.output_dir)
         except HubError as err:
             raise HubError(f"{err}; the model is saved in {args.output_dir!r}: call trainer.push_to_hub() to try "
                            "again", endpoint=err.endpoint, repo_id=err.repo_id, reason=err.reason,
@@ -953,7 +968,7 @@ def _check_integrations(report_to: list[str]) -> None:
                    "clearml": "ClearMLCallback", "neptune": "NeptuneCallback"}.get(name, f"{name} callback")
             raise RuntimeError(f"{cls} requires {module.split('.')[0]} to be installed. Run `pip install "
                                f"{module.split('.')[0]}`.")
-        raise ValueError(f"report_to={name!r} is not supported by tuneforge; use 'tensorboard' (or 'none'): the "
+        raise InputError(f"report_to={name!r} is not supported by tuneforge; use 'tensorboard' (or 'none'): the "
                          "loop also writes output_dir/log.jsonl")
 
 

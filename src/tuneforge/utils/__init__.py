@@ -1,6 +1,7 @@
 """The reference's `transformers.utils` names that scripts import: `logging`, `check_min_version`."""
 from __future__ import annotations
 
+from ..errors import InputError
 from . import logging
 
 
@@ -11,7 +12,7 @@ def check_min_version(min_version: str) -> None:
     try:
         Version(str(min_version))
     except InvalidVersion:
-        raise ValueError(f"check_min_version({min_version!r}): not a version number") from None
+        raise InputError(f"check_min_version({min_version!r}): not a version number") from None
 
 
 __all__ = ["check_min_version", "logging"]

@@ -12,6 +12,8 @@ import sys
 import threading
 from logging import CRITICAL, DEBUG, ERROR, FATAL, INFO, NOTSET, WARN, WARNING  # noqa: F401
 
+from ..errors import InputError
+
 _LIBRARY = "tuneforge"
 _lock = threading.Lock()
 _default_handler: logging.Handler | None = None
@@ -25,7 +27,7 @@ def _default_level() -> int:
     if name is None:
         return logging.WARNING
     if name not in log_levels:
-        raise ValueError(f"TUNEFORGE_VERBOSITY={name!r} is not one of {', '.join(log_levels)}")
+        raise InputError(f"TUNEFORGE_VERBOSITY={name!r} is not one of {', '.join(log_levels)}")
     return log_levels[name]
 
 

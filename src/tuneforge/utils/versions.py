@@ -5,6 +5,8 @@ import importlib.metadata
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from ..errors import InputError
+
 # Requirements on the reference itself: tuneforge stands in for it, so they are met.
 STANDS_IN_FOR = {"transformers"}
 
@@ -15,7 +17,7 @@ def require_version(requirement: str, hint: str | None = None) -> None:
     try:
         req = Requirement(requirement)
     except InvalidRequirement:
-        raise ValueError(f"requirement needs to be in the pip package format, e.g., package_a==1.23, or "
+        raise InputError(f"requirement needs to be in the pip package format, e.g., package_a==1.23, or "
                          f"package_b>=1.23, but got {requirement}") from None
     hint = f"\n{hint}" if hint else ""
     if req.name.lower() in STANDS_IN_FOR:
