@@ -126,6 +126,15 @@ def run_sft(lib: str, mode: str, n: int, n_eval: int, steps: int, batch: int, th
             "peak_gflops": max(gemm.values()) / 1e9}
 
 
+def run_child(cmd: list[str], threads: int, name: str) -> dict:
+    """One configuration in its own process (its peak RSS its own); its last stdout line is its JSON result."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main_sft(a) -> None:
     from bench_sft import convert
     convert()
@@ -137,11 +146,7 @@ def main_sft(a) -> None:
             cmd = [sys.executable, __file__, "--case", "sft", "--child", lib, mode, "--records", str(a.records),
                    "--eval-records", str(a.eval_records), "--steps", str(a.steps), "--batch", str(a.batch),
                    "--threads", str(a.threads), "--r", str(a.r)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode:
-                sys.exit(f"{lib} {mode} failed:\n{out.stderr[-3000:]}")
-            results[f"{lib}-{mode}"] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[f"{lib}-{mode}"] = run_child(cmd, a.threads, f"{lib} {mode}")
         rounds.append(results)
     median = statistics.median
     names = [f"{lib}-{mode}" for lib, mode in runs]
@@ -197,11 +202,7 @@ def main():
             cmd = [sys.executable, __file__, "--child", lib, mode, "--train-size", str(a.train_size), "--batch",
                    str(a.batch), "--threads", str(a.threads), "--r", str(a.r)]
             cmd += ["--test-size", str(a.test_size)] if a.test_size else []
-            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode:
-                sys.exit(f"{lib} {mode} failed:\n{out.stderr[-3000:]}")
-            results[f"{lib}-{mode}"] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[f"{lib}-{mode}"] = run_child(cmd, a.threads, f"{lib} {mode}")
         rounds.append(results)
     median = statistics.median
     names = [f"{lib}-{mode}" for lib, mode in runs]

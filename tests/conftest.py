@@ -1,5 +1,6 @@
 """Shared fixtures: where the packaged model and the SST-2 data live, and skips when they are absent."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,16 @@ def hub_env(hub_server, tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     return hub_server
+
+
+def save_tiny_bert(folder: Path, minilm_dir: Path, **config) -> Path:
+    """A random BERT classifier (2 layers, hidden 32, 64 positions unless `config` says otherwise) with the MiniLM
+    tokenizer, saved in `folder`: a real model folder that trains in seconds."""
+    from tuneforge.models.bert import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                  max_position_embeddings=64) | config
+    BertForSequenceClassification.from_config(BertConfig(**values)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, folder)
+    return folder

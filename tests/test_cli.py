@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tuneforge import AutoModelForSequenceClassification, AutoTokenizer, cli
-from tuneforge.models.bert import BertConfig, BertForSequenceClassification
+from conftest import save_tiny_bert
 
 WORDS = {"neg": ["awful", "bad", "terrible", "dreadful"], "neutral": ["okay", "fine", "average", "so-so"],
          "pos": ["great", "lovely", "superb", "wonderful"]}
@@ -72,14 +72,7 @@ def last_json(stdout):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, minilm_dir):
     """A random 2-layer BERT (64 positions) with the MiniLM tokenizer: a real model folder that trains in seconds."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64)
-    BertForSequenceClassification.from_config(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(minilm_dir / name, folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir)
 
 
 @pytest.fixture(scope="module")

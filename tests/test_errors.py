@@ -13,7 +13,7 @@ import tuneforge
 from tuneforge import InputError, cli
 from tuneforge.checkpoint_io import CheckpointError
 from tuneforge.hub import HubError
-from tuneforge.models.bert import BertConfig, BertForSequenceClassification
+from conftest import save_tiny_bert
 from tuneforge.training import trainer as trainer_module
 from tuneforge.training.checkpoint import CheckpointWriteError
 from test_cli import make_rows, run, write_rows
@@ -22,14 +22,8 @@ from test_cli import make_rows, run, write_rows
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, minilm_dir):
     """A random 1-layer BERT with the MiniLM tokenizer: a model folder that trains a step in a second."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=19, max_position_embeddings=64)
-    BertForSequenceClassification.from_config(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(minilm_dir / name, folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir, hidden_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=19)
 
 
 @pytest.fixture(scope="module")
