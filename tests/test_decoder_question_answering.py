@@ -9,7 +9,7 @@ from tuneforge import AutoModelForCausalLM, AutoModelForQuestionAnswering, Input
 
 transformers = pytest.importorskip("transformers")
 
-from test_decoders import TINY, batch, grads  # noqa: E402
+from test_decoders import TINY, assert_same_grads, batch, grads  # noqa: E402
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt2"]
 LOWEST = torch.finfo(torch.float32).min
@@ -39,10 +39,7 @@ def test_logits_loss_gradients_and_folders_match_reference(model_type, tmp_path)
     torch.testing.assert_close(got.loss, expected.loss, atol=1e-6, rtol=1e-5)
     expected.loss.backward()
     got.loss.backward()
-    ref_grads, our_grads = grads(ref), grads(ours)
-    assert ref_grads.keys() == our_grads.keys()
-    for key in ref_grads:
-        torch.testing.assert_close(our_grads[key], ref_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+    assert_same_grads(ours, ref)
     # Our folder, trained a little, loads in the reference with the same logits, under the reference's class.
     with torch.no_grad():
         for p in ours.parameters():

@@ -54,6 +54,14 @@ def grads(model):
     return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_same_grads(ours, ref):
+    """The same parameters got a gradient in both models, and equal ones."""
+    ref_grads, our_grads = grads(ref), grads(ours)
+    assert ref_grads.keys() == our_grads.keys()
+    for key in ref_grads:
+        torch.testing.assert_close(our_grads[key], ref_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_tiny_causal_lm_logits_loss_and_gradients_match_reference(name, tmp_path):
     ref = reference_model(name, "causal_lm", tmp_path)
@@ -69,10 +77,7 @@ def test_tiny_causal_lm_logits_loss_and_gradients_match_reference(name, tmp_path
     torch.testing.assert_close(got.loss, expected.loss, atol=1e-6, rtol=1e-5)
     expected.loss.backward()
     got.loss.backward()
-    ref_grads, our_grads = grads(ref), grads(ours)
-    assert ref_grads.keys() == our_grads.keys()
-    for key in ref_grads:
-        torch.testing.assert_close(our_grads[key], ref_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+    assert_same_grads(ours, ref)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

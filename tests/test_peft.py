@@ -332,18 +332,25 @@ def test_resume_after_sigkill_is_exact_with_lora(one_process, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_processes_equal_one_with_lora(one_process, tmp_path):
-    if not Path(sys.executable).with_name("torchrun").exists():
-        pytest.skip("torchrun not found beside the interpreter")
-    one, two = one_process, tmp_path / "two"
-    done = run_child(two, "full", 0, torchrun=True, TEST_BATCH="2", TEST_MODEL="llama-clm", TEST_NO_DROPOUT="1")
-    assert done.returncode == 0, done.stderr[-3000:]
+def assert_same_run(one, two):
+    """Two runs of the 12-step LoRA job: the same losses at every step and the same adapter; returns the second
+    run's losses and adapter."""
     la, lb = losses(one), losses(two)
     assert sorted(la) == sorted(lb) == list(range(1, 13))
     assert all(lb[s] == pytest.approx(la[s], rel=1e-4) for s in la)
     a = load_file(one / "result" / "adapter_model.safetensors")
     b = load_file(two / "result" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    return lb, b
+
+
+def test_two_processes_equal_one_with_lora(one_process, tmp_path):
+    if not Path(sys.executable).with_name("torchrun").exists():
+        pytest.skip("torchrun not found beside the interpreter")
+    one, two = one_process, tmp_path / "two"
+    done = run_child(two, "full", 0, torchrun=True, TEST_BATCH="2", TEST_MODEL="llama-clm", TEST_NO_DROPOUT="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(one, two)
 
 
 def test_fsdp_with_lora_shards_the_frozen_base_and_equals_one_process(one_process, tmp_path):
@@ -361,12 +368,7 @@ def test_fsdp_with_lora_shards_the_frozen_base_and_equals_one_process(one_proces
         shards = json.loads((tmp_path / f"fsdp.shards-{rank}.json").read_text())
         assert shards["sharded"] == shards["parameters"] and shards["frozen"] > 0
         assert shards["local_numel"] < 0.6 * shards["numel"]
-    la, lb = losses(one), losses(two)
-    assert sorted(la) == sorted(lb) == list(range(1, 13))
-    assert all(lb[s] == pytest.approx(la[s], rel=1e-4) for s in la)
-    a = load_file(one / "result" / "adapter_model.safetensors")
-    b = load_file(two / "result" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    lb, b = assert_same_run(one, two)
     assert not (two / "checkpoint-12" / "model.safetensors").exists()
     c = load_file(two / "checkpoint-12" / "adapter_model.safetensors")  # gathered from the shards
     assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in c)
