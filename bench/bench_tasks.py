@@ -7,11 +7,13 @@ evaluated (EM/F1) on M questions of dev.json. Each run is its own subprocess; th
 
     .venv/bin/python bench/bench_tasks.py                          # both tasks at the issue's sizes
     .venv/bin/python bench/bench_tasks.py --task ner --rounds 3
+    .venv/bin/python bench/bench_tasks.py --task qa --seeds 42 43 44  # scores over seeds, and their means
     .venv/bin/python bench/bench_tasks.py --smoke                  # a tiny setting: checks the script runs
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -40,7 +42,7 @@ def imports(lib: str):
     return t, evaluate_shim.load
 
 
-def run_ner(lib: str, train_size: int, eval_size: int | None, threads: int) -> dict:
+def run_ner(lib: str, train_size: int, eval_size: int | None, threads: int, seed: int) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
@@ -95,14 +97,14 @@ def run_ner(lib: str, train_size: int, eval_size: int | None, threads: int) -> d
         return {"precision": results["overall_precision"], "recall": results["overall_recall"],
                 "f1": results["overall_f1"], "accuracy": results["overall_accuracy"]}
 
-    torch.manual_seed(42)
+    torch.manual_seed(seed)
     model = t.AutoModelForTokenClassification.from_pretrained(
         minilm_dir(), num_labels=len(label_list), id2label=dict(enumerate(label_list)), label2id=label2id)
     with tempfile.TemporaryDirectory() as out:
         args = t.TrainingArguments(output_dir=out, learning_rate=5e-5, per_device_train_batch_size=16,
                                    per_device_eval_batch_size=64, num_train_epochs=1, weight_decay=0.01,
                                    eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
-                                   seed=42)
+                                   seed=seed)
         trainer = t.Trainer(model=model, args=args, train_dataset=train, eval_dataset=test,
                             processing_class=tokenizer, data_collator=t.DataCollatorForTokenClassification(tokenizer),
                             compute_metrics=compute_metrics)
@@ -117,7 +119,7 @@ def run_ner(lib: str, train_size: int, eval_size: int | None, threads: int) -> d
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_qa(lib: str, train_size: int, eval_size: int, threads: int) -> dict:
+def run_qa(lib: str, train_size: int, eval_size: int, threads: int, seed: int) -> dict:
     import collections
 
     import numpy as np
@@ -219,13 +221,13 @@ def run_qa(lib: str, train_size: int, eval_size: int, threads: int) -> dict:
         theoretical_answers = [{"id": ex["id"], "answers": ex["answers"]} for ex in examples]
         return squad.compute(predictions=predicted_answers, references=theoretical_answers)
 
-    torch.manual_seed(42)
+    torch.manual_seed(seed)
     model = t.AutoModelForQuestionAnswering.from_pretrained(minilm_dir())
     with tempfile.TemporaryDirectory() as out:
         args = t.TrainingArguments(output_dir=out, learning_rate=5e-5, per_device_train_batch_size=16,
                                    per_device_eval_batch_size=64, num_train_epochs=1, weight_decay=0.01,
                                    eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
-                                   seed=42)
+                                   seed=seed)
         trainer = t.Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                             data_collator=t.DefaultDataCollator())
         start = time.perf_counter()
@@ -294,7 +296,8 @@ def child(spec: dict) -> None:
     (shim / "evaluate_shim.py").write_text(EVALUATE_SHIM)
     sys.path.insert(0, str(shim))
     runner = run_ner if spec["task"] == "ner" else run_qa
-    result = runner(spec["lib"], spec["train_size"], spec["eval_size"], spec["threads"])
+    result = runner(spec["lib"], spec["train_size"], spec["eval_size"], spec["threads"], spec["seed"])
+    result["seed"] = spec["seed"]
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -307,6 +310,9 @@ def main():
     p.add_argument("--qa-eval-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1, help="alternate the libraries this many times; print medians")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42],
+                   help="run each library once per seed (the new head, dropout and data order); print each seed's "
+                        "scores and their means")
     p.add_argument("--only", choices=["tuneforge", "transformers"])
     p.add_argument("--smoke", action="store_true", help="tiny sizes (checks the script, measures nothing)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -319,20 +325,18 @@ def main():
     tasks = ["ner", "qa"] if opts.task == "both" else [opts.task]
     libs = [opts.only] if opts.only else ["tuneforge", "transformers"]
     results = []
-    for _ in range(opts.rounds):
-        for task in tasks:
-            for lib in libs:
-                sizes = ((opts.ner_train_size, opts.ner_eval_size) if task == "ner"
-                         else (opts.qa_train_size, opts.qa_eval_size))
-                spec = {"lib": lib, "task": task, "train_size": sizes[0], "eval_size": sizes[1],
-                        "threads": opts.threads}
-                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                      text=True)
-                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-                if proc.returncode or line is None:
-                    sys.exit(f"{lib} {task} failed:\n{proc.stderr[-3000:]}")
-                results.append(json.loads(line[len("RESULT "):]))
-                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    for _, task, seed, lib in itertools.product(range(opts.rounds), tasks, opts.seeds, libs):
+        sizes = ((opts.ner_train_size, opts.ner_eval_size) if task == "ner"
+                 else (opts.qa_train_size, opts.qa_eval_size))
+        spec = {"lib": lib, "task": task, "train_size": sizes[0], "eval_size": sizes[1],
+                "threads": opts.threads, "seed": seed}
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                              text=True)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            sys.exit(f"{lib} {task} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(line[len("RESULT "):]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(f"{'task':4} {'library':12} {'train rows':>10} {'train s':>8} {'samples/s':>9} {'eval s':>7} "
           f"{'F1':>6} {'EM':>6} {'peak MB':>8}")
     for task in tasks:
@@ -344,6 +348,17 @@ def main():
             print(f"{task:4} {lib:12} {mine[0]['train_rows']:>10} {r['train_s']:>8.1f} {r['train_samples_per_s']:>9.2f}"
                   f" {r['eval_s']:>7.1f} {r['f1']:>6.2f} {r.get('exact_match', float('nan')):>6.2f}"
                   f" {r['peak_rss_mb']:>8.0f}")
+        if len(opts.seeds) > 1:  # scores seed by seed (deterministic: rounds repeat them), then their means
+            for lib in libs:
+                by_seed = {r["seed"]: r for r in results if r["task"] == task and r["lib"] == lib}
+                f1s, ems = [by_seed[s]["f1"] for s in opts.seeds], [by_seed[s].get("exact_match") for s in opts.seeds]
+                print(f"{task} {lib}: F1 by seed " + " ".join(f"{s}:{f:.2f}" for s, f in zip(opts.seeds, f1s))
+                      + f"; mean {statistics.mean(f1s):.2f} (sd {statistics.stdev(f1s):.2f})"
+                      + (f"; EM mean {statistics.mean(ems):.2f} (sd {statistics.stdev(ems):.2f})"
+                         if None not in ems else ""))
+                rows[lib]["f1"] = statistics.mean(f1s)
+                if None not in ems:
+                    rows[lib]["exact_match"] = statistics.mean(ems)
         if len(rows) == 2:
             a, b = rows["tuneforge"], rows["transformers"]
             print(f"{task}: training samples/s x{a['train_samples_per_s'] / b['train_samples_per_s']:.2f}, "

@@ -142,7 +142,7 @@ def test_chunked_loss_equals_the_reference_and_logits_are_made_only_when_read(bf
         assert (p.grad - grads[k].grad).abs().max().item() <= (1e-6 if not bf16 else 2e-2) * max(scale, 1e-3), k
 
 
-def test_loss_without_logits_never_makes_the_full_logits(monkeypatch):
+def test_loss_without_logits_never_makes_the_full_logits_even_when_walked_as_fsdp_does(monkeypatch):
     model = tiny()
     shapes = []
     real_linear = torch.nn.functional.linear
@@ -152,7 +152,11 @@ def test_loss_without_logits_never_makes_the_full_logits(monkeypatch):
     ids = torch.randint(1, 99, (4, 12))
     labels = ids.clone()
     labels[:, :9] = -100  # 3 labelled tokens a row, 2 after the shift... 8 targets in all
-    model(input_ids=ids, labels=labels).loss.backward()
+    out = model(input_ids=ids, labels=labels)
+    # FSDP walks every forward's outputs for tensors to hook (through dict values): that must not make them either
+    from torch.distributed.fsdp._common_utils import collect_grad_tensors
+    assert collect_grad_tensors(out) == (out["loss"],)
+    out.loss.backward()
     head_calls = [s for s in shapes if s[1] == 99]
     assert head_calls and all(rows <= 8 for rows, _ in head_calls)
     assert sum(rows for rows, _ in head_calls) == int(labels[:, 1:].ne(-100).sum())

@@ -113,8 +113,9 @@ class _DeferredLogits:
 
 
 class LMOutput(ModelOutput):
-    """A causal LM's outputs with labels: loss, logits (made when read: see lm_logits_and_loss), num_correct and
-    num_targets (tensors: the argmax hits and the labelled targets of this batch)."""
+    """A causal LM's outputs with labels: loss, logits (made when read by key, attribute, items() or index: see
+    lm_logits_and_loss), num_correct and num_targets (tensors: the argmax hits and the labelled targets of this
+    batch)."""
 
     def __init__(self, loss: Tensor, logits: _DeferredLogits, num_correct: Tensor, num_targets: int):
         super().__init__(loss=loss, logits=logits)
@@ -141,13 +142,15 @@ class LMOutput(ModelOutput):
         return iter(list(dict.keys(self)))
 
     def values(self):
-        return [self[k] for k in self]
+        # Not made here: torch's output walkers (FSDP's pre-backward hooks) read dict values on every forward, and
+        # would make the (B, T, V) logits that the loss avoided. Read them by key, attribute, items() or index.
+        return list(dict.values(self))
 
     def items(self):
         return [(k, self[k]) for k in self]
 
     def to_tuple(self) -> tuple:
-        return tuple(self.values())
+        return tuple(self[k] for k in self)
 
 
 def packed_labels(labels: Tensor, packing: Packing) -> Tensor:

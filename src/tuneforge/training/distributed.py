@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -168,7 +169,11 @@ def setup(args) -> Distributed:
 
 
 def _destroy_process_group() -> None:
-    """The group this module created is destroyed before the interpreter exits, as torch asks: left to interpreter
-    teardown, gloo's threads can abort the process ("terminate called without an active exception", seen once)."""
+    """The group this module created is destroyed before the interpreter exits, as torch asks. That does not stop
+    gloo's worker threads: one can still be dropping a finished collective, whose tensors need the GIL to be freed,
+    and if the interpreter is finalizing by then the thread aborts the process ("terminate called without an active
+    exception", after a run that wrote everything). Exit handlers run before finalization, so a short sleep here,
+    which releases the GIL, lets such a thread finish first."""
     if tdist.is_initialized():
         tdist.destroy_process_group()
+        time.sleep(0.2)
