@@ -1,6 +1,7 @@
 """Fine-tuning decoders: packed rows (position ids that restart) are exact and never attend across a boundary, the
 chunked LM loss equals the reference's in fp32 and bf16, SFT's masks and packing equal TRL's, accumulation equals
 one big batch with packing, bad input fails with one line, and the masked-LM recipe for encoders."""
+import contextlib
 import importlib.util
 import json
 import random
@@ -160,6 +161,23 @@ def test_loss_without_logits_never_makes_the_full_logits_even_when_walked_as_fsd
     head_calls = [s for s in shapes if s[1] == 99]
     assert head_calls and all(rows <= 8 for rows, _ in head_calls)
     assert sum(rows for rows, _ in head_calls) == int(labels[:, 1:].ne(-100).sum())
+
+def test_the_chunked_loss_makes_no_gradients_outside_grad_mode():
+    """Evaluation's forward (no_grad, inference_mode) computes the loss only: no softmax gradient, no (V, H) weight
+    gradient (a Function's needs_input_grad alone would say the parameters want them)."""
+    model = tiny()
+    ids = torch.randint(1, 99, (2, 12))
+    ops = {}
+    for mode in ("grad", "no_grad", "inference_mode"):
+        context = contextlib.nullcontext() if mode == "grad" else getattr(torch, mode)()
+        with torch.profiler.profile() as prof, context:
+            ops[mode] = model(input_ids=ids, labels=ids).loss
+        ops[mode] = (ops[mode].item(), {e.key for e in prof.key_averages()})
+    assert {"aten::index_put_", "aten::addmm_"} <= ops["grad"][1]  # the softmax gradient, the (V, H) one
+    for mode in ("no_grad", "inference_mode"):
+        assert ops[mode][0] == ops["grad"][0]
+        assert not {"aten::index_put_", "aten::addmm_"} & ops[mode][1], mode
+
 
 # ------------------------------------------------------------------------------------ SFT data, as TRL
 

@@ -62,14 +62,17 @@ def chunked_lm_loss(x: Tensor, weight: Tensor, bias: Tensor | None, targets: Ten
     divisor = float(divisor) if not isinstance(divisor, Tensor) else float(divisor.item())
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    return _ChunkedLMLoss.apply(x, weight, bias, targets, max(divisor, 1.0), dtype)
+    # A Function's needs_input_grad follows requires_grad, not the grad mode: under no_grad or inference_mode (eval)
+    # the parameters still require grad, and the gradients would be made for nothing.
+    grad = torch.is_grad_enabled()
+    return _ChunkedLMLoss.apply(x, weight, bias, targets, max(divisor, 1.0), dtype, grad)
 
 
 class _ChunkedLMLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, divisor: float, dtype: torch.dtype):
+    def forward(ctx, x, weight, bias, targets, divisor: float, dtype: torch.dtype, grad: bool):
         rows, chunk = x.shape[0], chunk_rows(weight.shape[0])
-        needs = ctx.needs_input_grad
+        needs = ctx.needs_input_grad if grad else (False, False, False)
         with torch.autocast(x.device.type, enabled=False):
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
@@ -108,7 +111,7 @@ class _ChunkedLMLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_correct):
         grads = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads]
         ctx.grads = None
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 def token_classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
