@@ -162,6 +162,36 @@ def test_loss_without_logits_never_makes_the_full_logits_even_when_walked_as_fsd
     assert head_calls and all(rows <= 8 for rows, _ in head_calls)
     assert sum(rows for rows, _ in head_calls) == int(labels[:, 1:].ne(-100).sum())
 
+def test_bf16_training_keeps_no_bf16_copy_of_the_weights_and_equals_autocasts_linear(monkeypatch):
+    """Under CPU bf16 autocast the block linears save their float32 weights for backward (cast again there), not
+    autocast's cached bf16 copies; the loss and every gradient are those of autocast's own nn.Linear."""
+    from tuneforge.models.layers import Linear
+    model = tiny()
+    ids = torch.randint(1, 99, (3, 9))  # 27 tokens: no activation has a weight's shape (or its transpose's)
+    weights = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, Linear)}
+
+    def run():
+        saved = []
+        model.zero_grad()
+        keep = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, tuple(t.shape))) or t,
+                                                        lambda t: t)
+        with keep, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        copies = {shape if shape in weights else shape[::-1] for dtype, shape in saved  # a weight, or its W^T
+                  if dtype == torch.bfloat16 and (shape in weights or shape[::-1] in weights)}
+        return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters()}, copies
+
+    loss, grads, copies = run()
+    assert not copies
+    monkeypatch.setattr(Linear, "forward", lambda self, x: torch.nn.functional.linear(x, self.weight, self.bias))
+    autocast_loss, autocast_grads, autocast_copies = run()
+    assert autocast_copies == weights  # autocast's own way keeps them all
+    assert loss == autocast_loss
+    for k, g in grads.items():
+        torch.testing.assert_close(g, autocast_grads[k], rtol=0, atol=0, msg=k)
+
+
 def test_the_chunked_loss_makes_no_gradients_outside_grad_mode():
     """Evaluation's forward (no_grad, inference_mode) computes the loss only: no softmax gradient, no (V, H) weight
     gradient (a Function's needs_input_grad alone would say the parameters want them)."""

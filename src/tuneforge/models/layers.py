@@ -186,6 +186,49 @@ def backward_outside_autocast(backward):
     return run
 
 
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters, checkpoint keys and results) that keeps no low-precision copy of its weight
+    between forward and backward when it trains under CPU autocast. Autocast caches each weight's cast until the
+    forward ends, and the backward then holds it: a second copy of every block weight, alive when the activations
+    peak. Here the backward casts the weight again, which is cheap beside its GEMMs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        device = x.device.type
+        if (device == "cpu" and torch.is_autocast_enabled(device) and torch.is_grad_enabled()
+                and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()):
+            with torch.autocast(device, enabled=False):
+                return _RecastLinear.apply(x, self.weight, self.bias, torch.get_autocast_dtype(device))
+        return F.linear(x, self.weight, self.bias)
+
+
+class _RecastLinear(torch.autograd.Function):
+    """F.linear at autocast's precision (x, weight and bias cast to `dtype`, as autocast casts them) whose backward
+    casts the float32 weight again instead of keeping the cast; the gradients are autocast's: made at `dtype`,
+    returned in each input's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+        low = x.to(dtype)
+        ctx.save_for_backward(low, weight)
+        ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
+        return F.linear(low, weight.to(dtype), None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    @once_differentiable
+    @backward_outside_autocast
+    def backward(ctx, grad: Tensor):
+        low, weight = ctx.saved_tensors
+        g = grad.to(low.dtype).reshape(-1, weight.shape[0])  # (M, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ weight.to(low.dtype)).view(low.shape).to(ctx.x_dtype)  # (..., in)
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ low.reshape(-1, weight.shape[1])).to(weight.dtype)  # (out, in)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0).to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b, None
+
+
 class _PostAttention(torch.autograd.Function):
     """post_attention with forward and backward written out."""
 

@@ -19,7 +19,7 @@ from .base import PreTrainedModel
 from .config import Config
 from .generation import generate
 from .heads import count_lm_targets, last_token_rows, lm_logits_and_loss, span_logits_and_loss, token_logits_and_loss
-from .layers import Dropout, ModelOutput, RMSNorm, Rotary, activation, apply_rotary, check_positions
+from .layers import Dropout, Linear, ModelOutput, RMSNorm, Rotary, activation, apply_rotary, check_positions
 from .losses import sequence_classification_loss
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -92,10 +92,10 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
         self.head_dim = d = c.head_dim or c.hidden_size // c.num_attention_heads
         qkv_bias, o_bias, _ = biases(c)
-        self.q_proj = nn.Linear(c.hidden_size, self.num_heads * d, bias=qkv_bias)
-        self.k_proj = nn.Linear(c.hidden_size, self.num_kv_heads * d, bias=qkv_bias)
-        self.v_proj = nn.Linear(c.hidden_size, self.num_kv_heads * d, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * d, c.hidden_size, bias=o_bias)
+        self.q_proj = Linear(c.hidden_size, self.num_heads * d, bias=qkv_bias)
+        self.k_proj = Linear(c.hidden_size, self.num_kv_heads * d, bias=qkv_bias)
+        self.v_proj = Linear(c.hidden_size, self.num_kv_heads * d, bias=qkv_bias)
+        self.o_proj = Linear(self.num_heads * d, c.hidden_size, bias=o_bias)
         if c.model_type == "qwen3":  # RMSNorm over each head's query and key, before the rotation
             self.q_norm, self.k_norm = RMSNorm(d, c.rms_norm_eps), RMSNorm(d, c.rms_norm_eps)
         self.window, self.dropout = window, c.attention_dropout
@@ -119,9 +119,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
         bias = biases(c)[2]
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=bias)
+        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, bias=bias)
+        self.up_proj = Linear(c.hidden_size, c.intermediate_size, bias=bias)
+        self.down_proj = Linear(c.intermediate_size, c.hidden_size, bias=bias)
         self.act = activation(c.hidden_act)
 
     def forward(self, x: Tensor) -> Tensor:
