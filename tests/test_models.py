@@ -641,3 +641,62 @@ def test_saved_files_get_a_normal_files_mode(tmp_path):
         os.umask(old)
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "saved" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_save_pretrained_takes_the_references_arguments(tmp_path):
+    """Shards (max_shard_size, with their index), variants, is_main_process and accelerate's save_function, as the
+    reference writes and reads them; a second save in another layout leaves no stale weights behind."""
+    ref, folder = reference_model("bert", "sequence", tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    ids, mask = padded_batch(ref.config.pad_token_id)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).logits
+    out = tmp_path / "saved"
+    model.save_pretrained(out, max_shard_size="20KB", save_function=torch.save)
+    shards = sorted(p.name for p in out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2 and not (out / "model.safetensors").exists()
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    assert all((out / s).stat().st_size < 20_000 + 2_000 for s in shards)  # a shard, its header aside
+    model.save_pretrained(out, variant="v2")
+    assert (out / "model.v2.safetensors").is_file()
+    for variant in (None, "v2"):  # both layouts load, in the reference too
+        for loaded in (AutoModelForSequenceClassification.from_pretrained(out, variant=variant),
+                       transformers.AutoModelForSequenceClassification.from_pretrained(out, variant=variant)):
+            with torch.no_grad():
+                torch.testing.assert_close(loaded.eval()(input_ids=ids, attention_mask=mask).logits, expected,
+                                           atol=1e-5, rtol=1e-4)
+    model.save_pretrained(out)  # one file again: the shards and their index go
+    assert sorted(p.name for p in out.iterdir() if "safetensors" in p.name) == ["model.safetensors",
+                                                                                 "model.v2.safetensors"]
+    model.save_pretrained(tmp_path / "rank1", is_main_process=False)
+    assert not (tmp_path / "rank1").exists()
+    with pytest.raises(CheckpointError, match="variant 'v3'.*model.v3.safetensors"):
+        AutoModelForSequenceClassification.from_pretrained(out, variant="v3")
+    with pytest.raises(ValueError, match="max_shard_size='lots'"):
+        model.save_pretrained(out, max_shard_size="lots")
+    with pytest.raises(TypeError, match="save_pretrained.*shard_size"):
+        model.save_pretrained(out, shard_size="1GB")
+
+
+def test_from_pretrained_takes_the_keywords_scripts_pass_as_the_reference(tmp_path):
+    """dtype / torch_dtype (a dtype, its name, "auto"), device_map in its single-device forms, and the hub and
+    loading keywords give the model the reference gives; what tuneforge cannot do is refused by name."""
+    ref, folder = reference_model("bert", "sequence", tmp_path)
+    ref.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    cases = [{}, dict(torch_dtype=torch.bfloat16), dict(dtype="bfloat16"), dict(dtype="auto"), dict(device_map="cpu"),
+             dict(device_map="auto"), dict(device_map={"": "cpu"}), dict(device_map=torch.device("cpu")),
+             dict(low_cpu_mem_usage=True, force_download=False, local_files_only=True, trust_remote_code=False,
+                  cache_dir=str(tmp_path / "cache"), attn_implementation="sdpa")]
+    for source in (folder, tmp_path / "bf16"):
+        for kwargs in cases:
+            ours = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+            theirs = transformers.AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+            for mine, reference in zip(ours.parameters(), theirs.parameters()):
+                assert (mine.dtype, mine.device) == (reference.dtype, reference.device), (source.name, kwargs)
+    with pytest.raises(ValueError, match=r"trust_remote_code=True\) is refused"):
+        AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'"):
+        AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="flash_attention_2")
+    with pytest.raises(ValueError, match="device_map='balanced'"):
+        AutoModelForSequenceClassification.from_pretrained(folder, device_map="balanced")

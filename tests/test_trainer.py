@@ -459,7 +459,7 @@ def test_nan_loss_stops_with_the_step(tmp_path):
      "needs save_strategy equal to eval_strategy"),
     (dict(load_best_model_at_end=True, eval_strategy="steps", eval_steps=30, save_steps=50),
      r"save_steps \(50\) to be a multiple of eval_steps \(30\)"),
-    (dict(lr_scheduler_type="warmup_stable_decay"), "lr_scheduler_type=.warmup_stable_decay. is not supported"),
+    (dict(lr_scheduler_type="greedy"), "lr_scheduler_type greedy requires an eval strategy"),
     (dict(per_device_train_batch_size=0), "per_device_train_batch_size must be at least 1"),
     (dict(num_train_epochs=0), "num_train_epochs=0 trains nothing"),
     (dict(warmup_ratio=1.5), r"warmup_ratio must be in \[0, 1\]"),
@@ -508,14 +508,20 @@ class WideOutputs(torch.nn.Module):
                 "hidden": torch.randn(len(x), 2000)}
 
 
-def test_evaluation_keeps_only_what_compute_metrics_needs(tmp_path):
+def test_evaluation_keeps_the_outputs_the_reference_keeps_and_no_more(tmp_path):
+    """predictions are every output but the loss (a tuple when there are several), as the reference's; with
+    ignore_keys naming the wide one, the host holds only the logits and labels."""
     import tracemalloc
     g = torch.Generator().manual_seed(0)
     rows = [{"x": torch.randn(4, generator=g), "labels": i % 3} for i in range(3000)]
+    shapes = []
     trainer = Trainer(model=WideOutputs(), args=args_for(tmp_path, per_device_eval_batch_size=100),
-                      compute_metrics=lambda p: {"n": len(p.predictions), "width": p.predictions.shape[1]})
+                      compute_metrics=lambda p: shapes.append([v.shape for v in p.predictions]) or {})
+    trainer.evaluate(rows[:30])
+    assert shapes == [[(30, 3), (30, 2000)]]
+    trainer.compute_metrics = lambda p: {"n": len(p.predictions), "width": p.predictions.shape[1]}
     tracemalloc.start()
-    metrics = trainer.evaluate(rows)
+    metrics = trainer.evaluate(rows, ignore_keys=["hidden"])
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert metrics["eval_n"] == 3000 and metrics["eval_width"] == 3

@@ -96,7 +96,7 @@ class Overriding(Trainer):
         return self.optimizer
 
     def create_scheduler(self, num_training_steps, optimizer=None):
-        self.calls.append(("create_scheduler", num_training_steps, optimizer is self.optimizer))
+        self.calls.append(("create_scheduler", num_training_steps, optimizer))
         return super().create_scheduler(num_training_steps, optimizer)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -126,7 +126,9 @@ def test_every_customisation_point_is_called_where_the_reference_calls_it(tmp_pa
     calls = trainer.calls
     names = [c[0] for c in calls]
     assert names.count("create_optimizer") == 1 and isinstance(trainer.optimizer, torch.optim.SGD)
-    assert ("create_scheduler", 2, True) in calls
+    assert ("create_scheduler", 2, None) in calls  # the reference's loop passes no optimizer (self.optimizer)
+    assert names.index("create_optimizer") < names.index("create_scheduler")
+    assert isinstance(trainer.lr_scheduler.optimizer, torch.optim.SGD)
     steps = [c for c in calls if c[0] == "training_step"]
     assert steps == [("training_step", 2, 4)] * 4  # per micro-batch, with the window's examples
     train_losses = [c for c in calls if c[0] == "compute_loss" and c[1]]
@@ -206,7 +208,7 @@ def test_an_overridden_train_dataloader_is_what_the_loop_iterates(tmp_path):
 def test_eval_delay_tokens_seen_flops_and_metric_files(tmp_path):
     trainer = Trainer(model=tiny_model(), args=args_for(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=1,
                                                         eval_delay=3, include_num_input_tokens_seen="non_padding",
-                                                        logging_steps=1),
+                                                        logging_steps=1, run_name="tiny-run"),
                       train_dataset=make_data(8), eval_dataset=make_data(4, 1), data_collator=pad)
     output = trainer.train()
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
@@ -214,6 +216,10 @@ def test_eval_delay_tokens_seen_flops_and_metric_files(tmp_path):
     rows = make_data(8)
     assert trainer.state.num_input_tokens_seen == sum(len(r["input_ids"]) for r in rows)  # one epoch, no padding
     assert "num_input_tokens_seen" in trainer.state.log_history[0]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert len(lines) == len(trainer.state.log_history) and {e["run_name"] for e in lines} == {"tiny-run"}
+    first = trainer.state.log_history[0]  # log(logs, start_time), as the reference's step logs
+    assert first["train_tokens_per_second"] > 0 and first["train_runtime"] > 0
     assert output.metrics["total_flos"] > 0 and trainer.state.total_flos == output.metrics["total_flos"]
     assert trainer.is_world_process_zero() and trainer.is_local_process_zero()
     trainer.log_metrics("train", output.metrics)
@@ -228,11 +234,93 @@ def test_eval_delay_tokens_seen_flops_and_metric_files(tmp_path):
 
 
 def test_missing_integration_fails_as_the_reference_and_trial_is_refused(tmp_path):
+    """Every report_to integration whose package is missing fails at Trainer() with the reference's exception and
+    message; "all" and "none" become the reference's lists."""
     import importlib.util
-    if importlib.util.find_spec("wandb") is None:
-        with pytest.raises(RuntimeError, match=r"WandbCallback requires wandb to be installed. Run `pip install "
-                                               r"wandb`."):
-            Trainer(model=tiny_model(), args=args_for(tmp_path, report_to="wandb"))
+    import warnings
+    transformers = pytest.importorskip("transformers")
+    from tuneforge.training.arguments import INTEGRATIONS
+    for name in [*INTEGRATIONS, "tensorboard"]:
+        module = INTEGRATIONS.get(name, "tensorboard").split(".")[0]
+        if importlib.util.find_spec(module) is not None or (name == "kubeflow") is not (
+                "KUBEFLOW_TRAINER_SERVER_URL" not in __import__("os").environ):
+            continue
+        with pytest.raises(Exception) as theirs, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transformers.Trainer(model=transformers.BertForSequenceClassification(transformers.BertConfig(**CONFIG)),
+                                 args=args_for(tmp_path, transformers, report_to=name))
+        with pytest.raises(type(theirs.value)) as ours:
+            Trainer(model=tiny_model(), args=args_for(tmp_path, report_to=name))
+        assert str(ours.value) == str(theirs.value), name
+    for value in ("all", "none", ["none"]):
+        assert args_for(tmp_path, report_to=value).report_to == \
+            args_for(tmp_path, transformers, report_to=value).report_to
     trainer = Trainer(model=tiny_model(), args=args_for(tmp_path), train_dataset=make_data(4), data_collator=pad)
     with pytest.raises(ValueError, match="trial"):
         trainer.train(trial={"lr": 1e-3})
+
+
+def test_compute_loss_func_in_the_docs_style_also_evaluates(tmp_path):
+    """A loss divided by num_items_in_batch (the docs' way): evaluation passes each batch's labelled items, as the
+    reference does, so eval_loss is the mean over the eval set."""
+    def summed(outputs, labels, num_items_in_batch=None):
+        return nn.functional.cross_entropy(outputs["logits"], labels, reduction="sum") / num_items_in_batch
+
+    rows = make_data(7, 1)
+    trainer = Trainer(model=tiny_model(), args=args_for(tmp_path, per_device_eval_batch_size=3), eval_dataset=rows,
+                      data_collator=pad, compute_loss_func=summed)
+    loss = trainer.evaluate()["eval_loss"]
+    batch = pad(rows)
+    with torch.no_grad():
+        logits = trainer.model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])["logits"]
+    assert loss == pytest.approx(float(nn.functional.cross_entropy(logits, batch["labels"])), rel=1e-5)
+
+
+def test_label_names_columns_reach_a_custom_loss_as_in_the_reference(tmp_path):
+    """label_names=["my_labels"]: the column is kept (the model does not take it), the custom compute_loss gets it,
+    evaluation returns it as label_ids; training and evaluation equal the reference's."""
+    transformers = pytest.importorskip("transformers")
+
+    def rename(rows):
+        return [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"], "my_labels": r["label"]}
+                for r in rows]
+
+    def collate(rows):
+        batch = pad([{**r, "label": r["my_labels"]} for r in rows])
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                "my_labels": batch.pop("labels")}
+
+    results = {}
+    for name, module in (("ours", __import__("tuneforge")), ("reference", transformers)):
+        class OwnLoss(module.Trainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                labels = inputs.pop("my_labels")
+                outputs = model(**inputs)
+                loss = nn.functional.cross_entropy(outputs["logits"], labels)
+                return (loss, outputs) if return_outputs else loss
+
+        model = tiny_model()
+        if module is transformers:
+            weights = model.state_dict()
+            model = transformers.BertForSequenceClassification(transformers.BertConfig(**CONFIG))
+            model.load_state_dict(weights)
+        seen = []
+        trainer = OwnLoss(model=model, args=args_for(tmp_path / name, module, label_names=["my_labels"], max_steps=3,
+                                                     optim="sgd", remove_unused_columns=False),
+                          train_dataset=rename(make_data(6)), eval_dataset=rename(make_data(5, 1)),
+                          data_collator=collate, compute_metrics=lambda p: seen.append(p.label_ids) or {})
+        trainer.train()
+        results[name] = trainer.evaluate()["eval_loss"], seen[0]
+    assert results["ours"][0] == pytest.approx(results["reference"][0], rel=1e-5)
+    assert results["ours"][1].tolist() == results["reference"][1].tolist() == [r["label"] for r in make_data(5, 1)]
+
+
+def test_log_metrics_prints_as_the_reference(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    metrics = {"train_runtime": 3723.0612, "train_loss": 0.123456789, "total_flos": 3 * 2**30 + 5, "epoch": 2.0,
+               "train_samples_per_second": 12.5}
+    for module, model in ((__import__("tuneforge"), tiny_model()),
+                          (transformers, transformers.BertForSequenceClassification(transformers.BertConfig(**CONFIG)))):
+        module.Trainer(model=model, args=args_for(tmp_path, module)).log_metrics("train", metrics)
+    printed = capsys.readouterr().out.split("***** train metrics *****\n")
+    assert printed[1] == printed[2] and "1:02:03.06" in printed[1]

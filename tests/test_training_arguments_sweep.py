@@ -8,7 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tuneforge import TrainingArguments  # noqa: E402
+from tuneforge import HfArgumentParser, TrainingArguments  # noqa: E402
 from tuneforge.training.arguments import REFUSED  # noqa: E402
 
 REFERENCE = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}
@@ -27,7 +27,8 @@ IMPLEMENTED = {
     "torch_compile_backend": "here", "torch_compile_mode": "here", "torch_empty_cache_steps": "here (CUDA only)",
     "logging_strategy": "test_trainer", "logging_steps": "test_trainer", "logging_first_step": "test_trainer",
     "log_on_each_node": "here", "include_num_input_tokens_seen": "test_trainer_hooks", "log_level": "here",
-    "log_level_replica": "here", "disable_tqdm": "test_trainer", "report_to": "here", "run_name": "here",
+    "log_level_replica": "here", "disable_tqdm": "test_trainer", "report_to": "test_trainer_hooks",
+    "run_name": "test_trainer_hooks (log.jsonl)",
     "eval_strategy": "test_trainer", "eval_steps": "test_trainer", "eval_delay": "test_trainer_hooks",
     "per_device_eval_batch_size": "test_trainer", "prediction_loss_only": "test_trainer",
     "eval_on_start": "test_trainer", "eval_accumulation_steps": "here (outputs go to host arrays every batch)",
@@ -40,7 +41,7 @@ IMPLEMENTED = {
     "dataloader_drop_last": "test_trainer", "dataloader_num_workers": "test_trainer",
     "dataloader_pin_memory": "here", "dataloader_persistent_workers": "here", "dataloader_prefetch_factor": "here",
     "dataloader_multiprocessing_context": "here", "remove_unused_columns": "test_trainer",
-    "label_names": "test_task_heads", "train_sampling_strategy": "here", "length_column_name": "test_trainer",
+    "label_names": "test_trainer_hooks", "train_sampling_strategy": "here", "length_column_name": "test_trainer",
     "ddp_timeout": "test_distributed", "fsdp": "test_distributed", "do_train": "compat", "do_eval": "here",
     "do_predict": "compat", "resume_from_checkpoint": "compat", "local_rank": "here",
     "enable_jit_checkpoint": "test_preemption (save_on_preemption)",
@@ -96,8 +97,7 @@ def test_reference_methods_and_properties_exist_and_work(tmp_path):
     assert not missing, f"reference methods TrainingArguments lacks: {missing}"
     assert args.device == torch.device("cpu") and args.n_gpu == 0 and args.world_size == 1
     assert args.process_index == 0 and args.local_process_index == 0 and args.should_log and args.should_save
-    assert str(args.parallel_mode) == str(transformers.TrainingArguments(str(tmp_path)).parallel_mode).split(".")[-1] \
-        .lower() or args.parallel_mode.value == "not_distributed"
+    assert args.parallel_mode.value == transformers.TrainingArguments(str(tmp_path)).parallel_mode.value
     assert args.get_warmup_steps(100) == 0 and args.train_batch_size == 8 and args.eval_batch_size == 8
     assert args.ddp_timeout_delta.total_seconds() == 1800 and args.default_optim == "adamw_torch_fused"
     assert isinstance(args.to_sanitized_dict()["label_names"], str)
@@ -149,10 +149,10 @@ def test_implemented_fields_act(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="tf32=True needs"):
             TrainingArguments(out, tf32=True)
     TrainingArguments(out, tf32=False)
-    for name in ("sgd", "adagrad", "rmsprop", "adamw_torch", "adamw_torch_fused"):
+    for name in ("sgd", "adagrad", "rmsprop", "adamw_torch", "adamw_torch_fused", "adafactor"):
         TrainingArguments(out, optim=name)
-    with pytest.raises(ValueError, match="optim='adafactor' is not supported"):
-        TrainingArguments(out, optim="adafactor")
+    with pytest.raises(ValueError, match="optim='adamw_bnb_8bit' is not supported"):
+        TrainingArguments(out, optim="adamw_bnb_8bit")
     assert TrainingArguments(out, log_level="error", log_level_replica="info").get_process_log_level() == \
         logging.ERROR
     assert not TrainingArguments(out, log_on_each_node=False).should_log is False  # one process: main either way
@@ -163,4 +163,8 @@ def test_implemented_fields_act(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="report_to='nothing' is not supported"):
         TrainingArguments(out, report_to="nothing")
     assert TrainingArguments(out, run_name="r1").run_name == "r1"
+    # 4.x scripts pass --overwrite_output_dir (5.x removed it): parsed for them, as then
+    parsed, = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(["--output_dir", out,
+                                                                              "--overwrite_output_dir"])
+    assert parsed.overwrite_output_dir and not TrainingArguments(out).overwrite_output_dir
     assert TrainingArguments(out, full_determinism=True).full_determinism

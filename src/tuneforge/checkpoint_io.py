@@ -124,18 +124,26 @@ def _load_index(path: Path, load_shard) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors, safetensors first."""
+def load_state_dict(folder: Path, variant: str | None = None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, safetensors first; `variant` reads model.<variant>.safetensors and the like."""
     folder = Path(folder)
-    if (folder / "model.safetensors").is_file():
-        return _load_safetensors(folder / "model.safetensors")
-    if (folder / "model.safetensors.index.json").is_file():
-        return _load_index(folder / "model.safetensors.index.json", _load_safetensors)
-    if (folder / "pytorch_model.bin").is_file():
-        return _load_bin(folder / "pytorch_model.bin")
-    if (folder / "pytorch_model.bin.index.json").is_file():
-        return _load_index(folder / "pytorch_model.bin.index.json", _load_bin)
-    raise CheckpointError(f"{folder} has no weights: looked for {', '.join(WEIGHT_FILES)}")
+    for name, load in (("model.safetensors", _load_safetensors), ("model.safetensors.index.json", None),
+                       ("pytorch_model.bin", _load_bin), ("pytorch_model.bin.index.json", None)):
+        path = folder / variant_name(name, variant)
+        if path.is_file():
+            if load is not None:
+                return load(path)
+            return _load_index(path, _load_safetensors if "safetensors" in name else _load_bin)
+    names = ", ".join(variant_name(n, variant) for n in WEIGHT_FILES)
+    raise CheckpointError(f"{folder} has no weights{f' of variant {variant!r}' if variant else ''}: looked for {names}")
+
+
+def variant_name(name: str, variant: str | None) -> str:
+    """The reference's file name of a weights variant: model.safetensors -> model.<variant>.safetensors."""
+    if not variant:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
 
 
 def _umask() -> int:
@@ -163,6 +171,49 @@ def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
     from safetensors.torch import save_file
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+
+def save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: int | str = "50GB",
+                 variant: str | None = None) -> None:
+    """model.safetensors, or shards of at most max_shard_size (a tensor larger than that gets one of its own) named
+    as the reference names them, with model.safetensors.index.json written last; the other layout's files of an
+    earlier save are removed, so that a load never reads stale weights."""
+    limit = file_size(max_shard_size)
+    shards, size = [{}], 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    single, index = variant_name("model.safetensors", variant), variant_name("model.safetensors.index.json", variant)
+    stem = single.removesuffix(".safetensors")
+    names = [single] if len(shards) == 1 else [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+                                               for i in range(1, len(shards) + 1)]
+    for stale in [folder / single, folder / index, *folder.glob(f"{stem}-*-of-*.safetensors")]:
+        if stale.name not in names:
+            stale.unlink(missing_ok=True)
+    for name, shard in zip(names, shards):
+        save_state_dict(shard, folder / name)
+    if len(shards) > 1:
+        weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        atomic_write(folder / index, lambda tmp: Path(tmp).write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True) + "\n",
+            encoding="utf-8"))
+
+
+def file_size(value: int | str) -> int:
+    """Bytes of max_shard_size as the reference reads it: an int, or "5GB" (10^9), "5GiB" (2^30), "500MB", ..."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30, "TIB": 2**40}
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*", str(value))
+    if not match or match.group(2).upper() not in units or float(match.group(1)) <= 0:
+        raise InputError(f"max_shard_size={value!r} is not a size; give bytes (an int) or e.g. '5GB', '500MB', '2GiB'")
+    return int(float(match.group(1)) * units[match.group(2).upper()])
 
 
 # ---------------------------------------------------------------------------------------------- matching

@@ -1,18 +1,27 @@
 """HfArgumentParser: the reference's dataclasses-to-argparse bridge, so example scripts that declare their
 arguments as dataclasses (ModelArguments, DataTrainingArguments, TrainingArguments) parse them unchanged, from the
-command line, a dict, a JSON file or a YAML file."""
+command line, a dict, a JSON file or a YAML file.
+
+Each field becomes an argparse argument by the reference's rules, quirks included, because a script's command
+lines must parse to the same values (or fail the same way) under either library. Its errors are InputErrors,
+ValueErrors as the reference's are."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
 import types
-from argparse import ArgumentParser, ArgumentTypeError
+from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, ArgumentTypeError
+from collections.abc import Callable, Iterable
 from enum import Enum
+from inspect import isclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_type_hints
+from typing import Any, Literal, NewType, Union, get_type_hints
 
 from .errors import InputError
+
+DataClass = NewType("DataClass", Any)
+DataClassType = NewType("DataClassType", Any)
 
 
 def string_to_bool(v):
@@ -26,42 +35,63 @@ def string_to_bool(v):
                             "(case insensitive).")
 
 
-def _choice_type(choices):
-    by_text = {str(c): c for c in choices}
-    return lambda arg: by_text.get(arg, arg)
+def make_choice_type_function(choices) -> Callable[[str], Any]:
+    """Command-line text -> the choice it spells, so choices that are not strings (Literal[1, 2]) compare equal."""
+    str_to_choice = {str(choice): choice for choice in choices}
+    return lambda arg: str_to_choice.get(arg, arg)
+
+
+def HfArg(*, aliases: str | list[str] | None = None, help: str | None = None,  # noqa: N802, A002 (reference's)
+          default: Any = dataclasses.MISSING, default_factory: Callable[[], Any] = dataclasses.MISSING,
+          metadata: dict | None = None, **kwargs) -> dataclasses.Field:
+    """dataclasses.field with `aliases=` and `help=` as keywords instead of metadata entries."""
+    metadata = {} if metadata is None else metadata
+    if aliases is not None:
+        metadata["aliases"] = aliases
+    if help is not None:
+        metadata["help"] = help
+    return dataclasses.field(metadata=metadata, default=default, default_factory=default_factory, **kwargs)
+
+
+def _is_bool(tp) -> bool:
+    # Optional[bool] stays a union (the narrowing below skips it) and compares equal to `bool | None`.
+    return tp is bool or tp == bool | None
 
 
 def _narrow(name: str, tp):
-    """One argparse type per field, as the reference picks it: Optional[X] -> X; a union with str -> the other
-    member when there are two, else str."""
+    """The one argparse type a union field gets, as the reference picks it: Optional[X] -> X except Optional[bool];
+    a union with str and no None -> its first member unless the second is str; with None -> its second member
+    unless that is None."""
     origin = getattr(tp, "__origin__", tp)
-    if origin is Union or isinstance(tp, types.UnionType):
-        members = tp.__args__
-        if str not in members and (len(members) != 2 or type(None) not in members):
-            raise InputError(f"Only `Union[X, NoneType]` (i.e., `Optional[X]`) is allowed for `Union` because the "
-                             f"argument parser only supports one type per argument. Problem encountered in field "
-                             f"'{name}'.")
-        real = [m for m in members if m is not type(None)]
-        if len(real) == 1:
-            tp = real[0]
-        elif len(real) == 2 and type(None) not in members:
-            tp = real[0] if real[1] is str else real[1]  # e.g. report_to: str | list[str] -> list[str]
-        else:
-            tp = str
+    if not (origin is Union or isinstance(origin, types.UnionType)):
+        return tp
+    members = tp.__args__
+    if str not in members and (len(members) != 2 or type(None) not in members):
+        raise InputError(f"Only `Union[X, NoneType]` (i.e., `Optional[X]`) is allowed for `Union` because the "
+                         f"argument parser only supports one type per argument. Problem encountered in field "
+                         f"'{name}'.")
+    if type(None) not in members:
+        return members[0] if members[1] is str else members[1]
+    if bool not in members:
+        # The reference tests isinstance(None, members[1]), which fails on a generic there (str | list[str] | None).
+        return members[0] if members[1] is type(None) else members[1]
     return tp
 
 
 class HfArgumentParser(ArgumentParser):
     """An ArgumentParser whose arguments are the fields of the given dataclasses: `--name value` for every field
-    (and `--name-with-dashes`), `--flag` / `--no_flag` for booleans, `nargs="+"` for lists, choices for Literal and
-    Enum types; a field's metadata (help=, choices=, aliases=, ...) goes to add_argument."""
+    (and `--name-with-dashes`), `--flag [value]` plus `--no_flag` for booleans defaulting to True, `nargs="+"` for
+    lists, choices for Literal and Enum types; a field's metadata (help=, choices=, aliases=, ...) goes to
+    add_argument. A dataclass's `_argument_group_name` puts its fields in an argument group."""
+
+    dataclass_types: Iterable[DataClassType]
 
     def __init__(self, dataclass_types=None, **kwargs):
         if dataclass_types is None:
             dataclass_types = []
-        elif not isinstance(dataclass_types, (list, tuple)):
+        elif not isinstance(dataclass_types, Iterable):
             dataclass_types = [dataclass_types]
-        kwargs.setdefault("formatter_class", __import__("argparse").ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", ArgumentDefaultsHelpFormatter)  # --help shows the defaults
         super().__init__(**kwargs)
         if dataclasses.is_dataclass(dataclass_types):
             dataclass_types = [dataclass_types]
@@ -72,53 +102,66 @@ class HfArgumentParser(ArgumentParser):
     def _add_dataclass_arguments(self, dtype) -> None:
         parser = self.add_argument_group(dtype._argument_group_name) if hasattr(dtype, "_argument_group_name") \
             else self
-        hints = get_type_hints(dtype)
+        try:
+            hints = get_type_hints(dtype)
+        except NameError:
+            raise RuntimeError(f"Type resolution failed for {dtype}. Try declaring the class in global scope or "
+                               "removing line of `from __future__ import annotations` which opts in Postponed "
+                               "Evaluation of Annotations (PEP 563)") from None
         for field in dataclasses.fields(dtype):
             if field.init:
-                self._add_field(parser, field, hints[field.name])
+                self._parse_dataclass_field(parser, field, hints[field.name])
 
     @staticmethod
-    def _add_field(parser, field: dataclasses.Field, tp) -> None:
+    def _parse_dataclass_field(parser, field: dataclasses.Field, tp) -> None:
         options = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
         kwargs = dict(field.metadata)
         aliases = kwargs.pop("aliases", [])
-        aliases = [aliases] if isinstance(aliases, str) else list(aliases)
+        aliases = [aliases] if isinstance(aliases, str) else aliases
+        no_kwargs = dict(kwargs)  # the --no_x flag takes the metadata, not what is derived from the type below
         tp = _narrow(field.name, tp)
         origin = getattr(tp, "__origin__", tp)
         has_default = field.default is not dataclasses.MISSING
-        default = field.default if has_default else (
-            field.default_factory() if field.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        is_bool = tp is bool or tp == (bool | None)
+        has_factory = field.default_factory is not dataclasses.MISSING
         if origin is Literal or (isinstance(tp, type) and issubclass(tp, Enum)):
-            kwargs["choices"] = list(tp.__args__) if origin is Literal else [x.value for x in tp]
-            kwargs["type"] = _choice_type(kwargs["choices"])
-        elif is_bool:
-            kwargs["type"] = string_to_bool
+            kwargs["choices"] = tp.__args__ if origin is Literal else [x.value for x in tp]
+            kwargs["type"] = make_choice_type_function(kwargs["choices"])
+            if has_default:
+                kwargs["default"] = field.default
+            else:
+                kwargs["required"] = True  # as in the reference, even with a default_factory
+        elif _is_bool(tp):
+            kwargs["type"] = string_to_bool  # argparse's type=bool would make "False" true
+            # `--flag` alone means True, except for Optional[bool] = None, which needs a value there too.
             if tp is bool or (field.default is not None and has_default):
-                default = False if not has_default else field.default
-                kwargs.update(nargs="?", const=True)
-        elif isinstance(origin, type) and issubclass(origin, list):
-            kwargs.update(type=tp.__args__[0] if getattr(tp, "__args__", None) else str, nargs="+")
-        elif isinstance(origin, type) and issubclass(origin, dict):
-            kwargs["type"] = json.loads
-        elif tp in (int, float, str) or (isinstance(tp, type) and tp.__module__ == "pathlib"):
+                kwargs.update(default=field.default if has_default else False, nargs="?", const=True)
+        elif isclass(origin) and issubclass(origin, list):
+            kwargs.update(type=tp.__args__[0], nargs="+")
+            # Only a default_factory reaches argparse: a plain default (None, a tuple) parses as None, as there.
+            if has_factory:
+                kwargs["default"] = field.default_factory()
+            elif not has_default:
+                kwargs["required"] = True
+        else:
             kwargs["type"] = tp
-        else:
-            kwargs["type"] = str  # types argparse cannot build from a string
-        if default is dataclasses.MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
+            if has_default:
+                kwargs["default"] = field.default
+            elif has_factory:
+                kwargs["default"] = field.default_factory()
+            else:
+                kwargs["required"] = True
         parser.add_argument(*options, *aliases, **kwargs)
-        if is_bool and field.default is True:
+        # Added after the field's own flag: argparse takes a shared dest's default from the first action.
+        if field.default is True and _is_bool(tp):
             parser.add_argument(f"--no_{field.name}", f"--no-{field.name.replace('_', '-')}", action="store_false",
-                                dest=field.name, **{k: v for k, v in field.metadata.items() if k != "aliases"})
+                                dest=field.name, **{**no_kwargs, "default": False})
 
     def parse_args_into_dataclasses(self, args=None, return_remaining_strings: bool = False,
                                     look_for_args_file: bool = True, args_filename=None, args_file_flag=None):
-        """The dataclass instances, in the order given, from the command line (sys.argv[1:] by default). Like the
-        reference, a file next to the script with the suffix .args (or args_filename, or the files named by
-        args_file_flag) adds its whitespace-separated arguments first, so the command line wins."""
+        """The dataclass instances, in the order given, from the command line (sys.argv[1:] by default), then a
+        namespace of any arguments added with add_argument, then (with return_remaining_strings) the unparsed
+        strings. Like the reference, a file next to the script with the suffix .args (or args_filename), then the
+        files named by args_file_flag, add their whitespace-separated arguments first, so the command line wins."""
         if args_file_flag or args_filename or (look_for_args_file and len(sys.argv)):
             files = []
             if args_filename:
@@ -137,11 +180,11 @@ class HfArgumentParser(ArgumentParser):
         for dtype in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(dtype) if f.init}
             values = {k: v for k, v in vars(namespace).items() if k in names}
-            for k in values:
+            for k in names:
                 delattr(namespace, k)
             outputs.append(dtype(**values))
         if len(vars(namespace)) > 0:
-            outputs.append(namespace)  # arguments added with add_argument, as the reference returns them
+            outputs.append(namespace)
         if return_remaining_strings:
             return (*outputs, remaining)
         if remaining:
@@ -149,6 +192,7 @@ class HfArgumentParser(ArgumentParser):
         return tuple(outputs)
 
     def parse_dict(self, args: dict[str, Any], allow_extra_keys: bool = False) -> tuple:
+        """The dataclass instances from a dict of field values (argparse plays no part: values are not converted)."""
         unused = set(args)
         outputs = []
         for dtype in self.dataclass_types:
@@ -164,6 +208,6 @@ class HfArgumentParser(ArgumentParser):
             return self.parse_dict(json.load(f), allow_extra_keys=allow_extra_keys)
 
     def parse_yaml_file(self, yaml_file, allow_extra_keys: bool = False) -> tuple:
-        import yaml
+        import yaml  # only YAML users need PyYAML
         return self.parse_dict(yaml.safe_load(Path(yaml_file).read_text(encoding="utf-8")),
                                allow_extra_keys=allow_extra_keys)

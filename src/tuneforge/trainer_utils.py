@@ -20,6 +20,11 @@ def get_last_checkpoint(folder) -> str | None:
     return os.path.join(folder, max(checkpoints, key=lambda p: int(_re_checkpoint.search(p).groups()[0])))
 
 
+def is_main_process(local_rank: int) -> bool:
+    """Whether this process is its node's first (local_rank -1 outside distributed runs, 0 for the first)."""
+    return local_rank in [-1, 0]
+
+
 def enable_full_determinism(seed: int, warn_only: bool = False) -> None:
     """set_seed plus deterministic torch kernels (what TrainingArguments(full_determinism=True) does)."""
     import torch
@@ -62,7 +67,11 @@ class SchedulerType(_Names):
     CONSTANT = "constant"
     CONSTANT_WITH_WARMUP = "constant_with_warmup"
     INVERSE_SQRT = "inverse_sqrt"
+    REDUCE_ON_PLATEAU = "reduce_lr_on_plateau"
     COSINE_WITH_MIN_LR = "cosine_with_min_lr"
+    COSINE_WARMUP_WITH_MIN_LR = "cosine_warmup_with_min_lr"
+    WARMUP_STABLE_DECAY = "warmup_stable_decay"
+    GREEDY = "greedy"
 
 
 class ParallelMode(_Names):
@@ -73,4 +82,4 @@ class ParallelMode(_Names):
 
 __all__ = ["PREFIX_CHECKPOINT_DIR", "EvalPrediction", "HubStrategy", "IntervalStrategy", "ParallelMode",
            "PredictionOutput", "SaveStrategy", "SchedulerType", "TrainOutput", "enable_full_determinism",
-           "get_last_checkpoint", "set_seed"]
+           "get_last_checkpoint", "is_main_process", "set_seed"]

@@ -1,5 +1,5 @@
 """In the style of the reference's examples/pytorch/text-classification/run_glue.py and the Trainer docs: argument
-dataclasses through HfArgumentParser, do_train/do_eval, get_last_checkpoint, a Trainer subclass overriding
+dataclasses through HfArgumentParser, do_train/do_eval/do_predict, get_last_checkpoint, a Trainer subclass overriding
 compute_loss and create_optimizer, a callback on on_optimizer_step. Written for transformers; the compat tests run
 it unchanged but for the word "transformers" in its imports."""
 import csv
@@ -120,6 +120,11 @@ def main(argv):
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results.update(eval_loss=metrics["eval_loss"], eval_accuracy=metrics["eval_accuracy"])
+    if training_args.do_predict:
+        output = trainer.predict(split["test"], metric_key_prefix="predict")
+        trainer.log_metrics("predict", output.metrics)
+        results.update(predict_accuracy=output.metrics["predict_accuracy"],
+                       predicted=np.argmax(output.predictions, axis=1).tolist())
     results["optimizer_steps"] = steps.steps
     results["logged_losses"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return results

@@ -69,7 +69,7 @@ def test_text_classification_script(tiny_checkpoint, sst2_rows, tmp_path):
     results = {}
     for library in ("transformers", "tuneforge"):
         argv = ["--model_name_or_path", str(tiny_checkpoint), "--train_file", str(sst2_rows),
-                "--output_dir", str(tmp_path / library), "--do_train", "--do_eval", "--max_steps", "6",
+                "--output_dir", str(tmp_path / library), "--do_train", "--do_eval", "--do_predict", "--max_steps", "6",
                 "--per_device_train_batch_size", "8", "--learning_rate", "5e-4", "--logging_steps", "2",
                 "--train_sampling_strategy", "sequential", "--save_strategy", "no", "--report_to", "none",
                 "--disable_tqdm", "true", "--seed", "0"]
@@ -77,8 +77,9 @@ def test_text_classification_script(tiny_checkpoint, sst2_rows, tmp_path):
     ref, ours = results["transformers"], results["tuneforge"]
     assert ours["optimizer_steps"] == ref["optimizer_steps"] == 6
     assert ours["logged_losses"] == pytest.approx(ref["logged_losses"], abs=2e-3)
-    for key in ("train_loss", "eval_loss", "eval_accuracy"):
+    for key in ("train_loss", "eval_loss", "eval_accuracy", "predict_accuracy"):
         assert ours[key] == pytest.approx(ref[key], abs=2e-3), key
+    assert ours["predicted"] == ref["predicted"]
     assert (tmp_path / "tuneforge" / "all_results.json").exists() and (tmp_path / "tuneforge" / "config.json").exists()
 
 

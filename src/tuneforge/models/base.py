@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..checkpoint_io import (atomic_write, load_state_dict, match_keys, pop_hub_options, read_config_dict, rename_keys,
-                             resolve_folder, save_state_dict, warn_about_keys)
+                             resolve_folder, save_weights, warn_about_keys)
 from .layers import init_weights
 
 logger = logging.getLogger("tuneforge")
@@ -35,7 +35,7 @@ DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bf
 
 def pop_load_options(kwargs: dict, caller: str = "from_pretrained") -> dict:
     """The reference's from_pretrained keywords about the loaded model, taken out of `kwargs` and checked:
-    dtype (or torch_dtype: a torch.dtype, its name, or "auto" for the checkpoint's), device_map ("cpu", "auto",
+    dtype (or torch_dtype: a torch.dtype, its name, or "auto" for the checkpoint's, the default), device_map ("cpu", "auto",
     a device, or {"": device}), low_cpu_mem_usage (always so: the model is built on the meta device and the
     weights loaded into it), attn_implementation ("sdpa" or "eager"); plus the hub's (pop_hub_options)."""
     options = {"hub": pop_hub_options(kwargs, caller)}
@@ -47,7 +47,7 @@ def pop_load_options(kwargs: dict, caller: str = "from_pretrained") -> dict:
         dtype = DTYPES[dtype.removeprefix("torch.")]
     elif dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
         raise InputError(f"{caller}(dtype={dtype!r}): not a torch.dtype, a dtype name or 'auto'")
-    options["dtype"] = dtype
+    options["dtype"] = "auto" if dtype is None else dtype  # the checkpoint's dtype: the reference's default since 5.0
     device_map = kwargs.pop("device_map", None)
     if isinstance(device_map, dict):
         devices = set(device_map.values())
@@ -65,6 +65,7 @@ def pop_load_options(kwargs: dict, caller: str = "from_pretrained") -> dict:
     except (RuntimeError, TypeError):
         raise InputError(f"{caller}(device_map={device_map!r}): not a device") from None
     kwargs.pop("low_cpu_mem_usage", None)  # always true (see above)
+    options["variant"] = kwargs.pop("variant", None)  # model.<variant>.safetensors (save_pretrained(variant=))
     attn = kwargs.pop("attn_implementation", None)
     if attn is not None and attn not in ATTENTION_IMPLEMENTATIONS:
         raise InputError(f"{caller}(attn_implementation={attn!r}) is not supported: tuneforge computes attention "
@@ -170,7 +171,7 @@ class PreTrainedModel(nn.Module):
         elif config_overrides:
             raise TypeError(f"pass either config= or config overrides, not both ({', '.join(config_overrides)})")
         if state is None:
-            state = load_state_dict(folder)
+            state = load_state_dict(folder, (options or {}).get("variant"))
         with torch.device("meta"):
             model = cls(config)
         model._load(state, str(name_or_path), ignore_mismatched_sizes)
@@ -224,14 +225,31 @@ class PreTrainedModel(nn.Module):
                 if buffer is not None and buffer.is_meta and prefix + name not in skip:
                     module._buffers[name] = torch.empty_like(buffer, device="cpu")
 
-    def save_pretrained(self, folder, *, state_dict: dict | None = None, push_to_hub: bool = False,
-                        repo_id: str | None = None, token: str | None = None, safe_serialization: bool = True,
-                        **kwargs) -> Path:
+    def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict: dict | None = None,
+                        push_to_hub: bool = False, max_shard_size: int | str = "50GB", variant: str | None = None,
+                        token: str | None = None, save_peft_format: bool = True, save_original_format: bool = True,
+                        distributed_checkpoint: bool = False, *, repo_id: str | None = None,
+                        safe_serialization: bool = True, **kwargs) -> Path:
+        """config.json, the weights (model.safetensors, or shards of max_shard_size with their index; variant names
+        them model.<variant>.safetensors), generation_config.json for a generating model; then push_to_hub if asked
+        (kwargs: commit_message, private). Only the process with is_main_process=True writes. As in the reference,
+        `save_function` (passed by accelerate scripts) is taken and not called: safetensors writes the files."""
+        kwargs.pop("save_function", None)
+        hub = {k: kwargs.pop(k) for k in ("commit_message", "private") if k in kwargs}
         if kwargs:
             raise TypeError(f"save_pretrained() got argument(s) it does not implement: {', '.join(sorted(kwargs))}")
         if not safe_serialization:
             raise InputError("safe_serialization=False is not supported: tuneforge writes safetensors only")
-        folder = Path(folder)
+        for name, value, default in (("save_original_format", save_original_format, True),
+                                     ("distributed_checkpoint", distributed_checkpoint, False)):
+            if value != default:
+                raise InputError(f"save_pretrained({name}={value!r}) is not supported; tuneforge writes the "
+                                 "checkpoint's own key names, in one consolidated copy")
+        # save_peft_format only concerns the reference's PEFT-integrated models: tuneforge's LoRA models save
+        # adapters in PEFT's format themselves (tuneforge.peft).
+        folder = Path(save_directory)
+        if not is_main_process:
+            return folder
         folder.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
         config = {k: v for k, v in self.config.to_dict().items() if k != "name_or_path"}
@@ -239,11 +257,11 @@ class PreTrainedModel(nn.Module):
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
         state = self.state_dict() if state_dict is None else state_dict
         state = {k: v for k, v in state.items() if k not in self._tied_keys()}  # the reference saves one copy
-        save_state_dict(state, folder / "model.safetensors")
+        save_weights(state, folder, max_shard_size, variant)
         if getattr(self, "generation_config", None) is not None:
             self.generation_config.save_pretrained(folder)
         if push_to_hub:
-            self.push_to_hub(repo_id or folder.name, token=token)
+            self.push_to_hub(repo_id or folder.name, token=token, **hub)
         return folder
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,

@@ -11,8 +11,10 @@ from ..errors import InputError
 
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-              "inverse_sqrt", "cosine_with_min_lr")
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop")
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with metric_for_best_model after evaluations
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop", "adafactor")
 HUB_STRATEGIES = ("end", "every_save")
 REPORTERS = ("none", "tensorboard", "all")
 # The reference's other integrations: a missing package fails as the reference fails; an installed one is refused.
@@ -20,6 +22,21 @@ INTEGRATIONS = {"azure_ml": "azureml.core.run", "comet_ml": "comet_ml", "mlflow"
                 "trackio": "trackio", "wandb": "wandb", "codecarbon": "codecarbon", "clearml": "clearml",
                 "dagshub": "dagshub", "flyte": "flytekit", "dvclive": "dvclive", "swanlab": "swanlab",
                 "kubeflow": "kubeflow"}
+
+
+def available_integrations() -> list[str]:
+    """report_to="all": the integrations whose package is installed, TensorBoard's included (as the reference)."""
+    import importlib.util
+
+    def installed(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+    found = [name for name, module in INTEGRATIONS.items() if name != "kubeflow" and installed(module.split(".")[0])]
+    return found + (["tensorboard"] if installed("tensorboard") or installed("tensorboardX") else [])
+
+
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 SAMPLING = ("random", "sequential", "group_by_length")
 SECRET_FIELDS = ("hub_token",)
@@ -187,6 +204,8 @@ class TrainingArguments:
     do_predict: bool = False
     resume_from_checkpoint: str | None = None
     local_rank: int = -1
+    # Transformers 4.x's example scripts read this one (5.x dropped the field); the Trainer never did.
+    overwrite_output_dir: bool = False
 
     def __post_init__(self):
         self.output_dir = os.fspath(self.output_dir)
@@ -200,6 +219,8 @@ class TrainingArguments:
                 raise InputError(f"{name}={value!r} is not supported; use one of {', '.join(allowed)}")
             setattr(self, name, value)
         self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+        if self.report_to in (["all"], ["none"]):  # as the reference: every installed integration, or none
+            self.report_to = available_integrations() if self.report_to == ["all"] else []
         for reporter in self.report_to:
             if reporter not in REPORTERS and reporter not in INTEGRATIONS:
                 raise InputError(f"report_to={reporter!r} is not supported; use one of {', '.join(REPORTERS)}")
@@ -284,7 +305,11 @@ class TrainingArguments:
             if self.eval_strategy == "steps" and self.save_strategy == "steps" and self.save_steps % self.eval_steps:
                 raise InputError(f"load_best_model_at_end=True needs save_steps ({self.save_steps}) to be a "
                                  f"multiple of eval_steps ({self.eval_steps}), so every save has an evaluation")
-        if self.metric_for_best_model is None and (self.load_best_model_at_end or self.save_strategy == "best"):
+        if self.lr_scheduler_type in METRIC_SCHEDULERS and self.eval_strategy == "no":
+            raise InputError(f"lr_scheduler_type {self.lr_scheduler_type} requires an eval strategy: set "
+                             "eval_strategy to 'steps' or 'epoch'")
+        if self.metric_for_best_model is None and (self.load_best_model_at_end or self.save_strategy == "best"
+                                                   or self.lr_scheduler_type in METRIC_SCHEDULERS):
             self.metric_for_best_model = "loss"
         if self.metric_for_best_model is not None and self.greater_is_better is None:
             self.greater_is_better = not self.metric_for_best_model.endswith("loss")
@@ -333,8 +358,8 @@ class TrainingArguments:
     @property
     def parallel_mode(self):
         from ..trainer_utils import ParallelMode
-        return ParallelMode.DISTRIBUTED if self.world_size > 1 else (
-            ParallelMode.NOT_PARALLEL if self.n_gpu else ParallelMode.NOT_DISTRIBUTED)
+        # The reference's NOT_DISTRIBUTED is several GPUs in one process (DataParallel), which tuneforge never uses.
+        return ParallelMode.DISTRIBUTED if self.world_size > 1 else ParallelMode.NOT_PARALLEL
 
     @property
     def place_model_on_device(self) -> bool:
@@ -418,6 +443,8 @@ class TrainingArguments:
 
     def set_logging(self, strategy="steps", steps=500, report_to="none", level="passive", first_step=False,
                     nan_inf_filter=True, on_each_node=False, replica_level="passive"):
+        # nan_inf_filter defaults to True here, not False as in the reference: the only value tuneforge takes (a
+        # non-finite loss stops training, naming the step), so set_logging() with no argument works.
         return self._set(logging_strategy=strategy, logging_steps=steps, report_to=report_to, log_level=level,
                          logging_first_step=first_step, logging_nan_inf_filter=nan_inf_filter,
                          log_on_each_node=on_each_node, log_level_replica=replica_level)

@@ -151,31 +151,31 @@ class ProgressCallback(TrainerCallback):
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Every log entry, one JSON object per line, in output_dir/log.jsonl (appended across resumes)."""
+    """Every log entry, one JSON object per line, in output_dir/log.jsonl (appended across resumes and runs: each
+    entry carries args.run_name when one is set, which tells the runs apart)."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             path = Path(args.output_dir) / "log.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            entry = {**logs, "step": state.global_step}
+            entry = {**logs, "step": state.global_step, **({"run_name": args.run_name} if args.run_name else {})}
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry, default=float) + "\n")
 
 
 class TensorBoardCallback(TrainerCallback):
     def __init__(self):
-        self.writer = None
+        try:  # as the reference: without tensorboard, Trainer() fails
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RuntimeError("TensorBoardCallback requires tensorboard to be installed. Either update your PyTorch "
+                               "version or install tensorboardX.") from None
+        self._writer_class, self.writer = SummaryWriter, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            logger.warning("report_to='tensorboard' but tensorboard is not installed (pip install tensorboard); "
-                           "logging to log.jsonl only")
-            return
-        self.writer = SummaryWriter(args.logging_dir or str(Path(args.output_dir) / "runs"))
+        self.writer = self._writer_class(args.logging_dir or str(Path(args.output_dir) / "runs"))
         self.writer.add_text("args", args.to_json_string())  # names the run (run_name) as the reference does
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -408,7 +408,7 @@ class SFTTrainer:
                 self._targets += int(outputs.num_targets)
         return (loss, outputs) if return_outputs else loss
 
-    def log(self, logs: dict[str, float]) -> None:
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add TRL's metrics, summed over processes
             dist = self.trainer.dist
             counts = torch.tensor([self._tokens_seen, self._correct, self._targets], dtype=torch.float64,
@@ -417,4 +417,4 @@ class SFTTrainer:
             logs["num_tokens"] = float(tokens)
             logs["mean_token_accuracy"] = correct / targets if targets else 0.0
             self._correct = self._targets = 0
-        self._trainer_log(logs)
+        self._trainer_log(logs, start_time)

@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from . import checkpoint, distributed
 from .arguments import TrainingArguments
 from .callbacks import (CallbackHandler, JsonlLogCallback, ProgressCallback, TensorBoardCallback, TrainerControl,
                         TrainerState)
-from .optim import EmbeddingRows, clip_gradients, create_optimizer, create_scheduler
+from .optim import EmbeddingRows, clip_gradients, create_optimizer, create_scheduler, metric_driven
 from .preemption import PreemptionGuard
 from .threads import ThreadBudget, fit_threads
 
@@ -126,6 +127,12 @@ class Trainer:
         # num_items_in_batch) sets this True; None: a per-batch mean, unless compute_loss_func= is given.
         self.loss_is_scaled_for_ga: bool | None = None
         self._micro_share = 1.0  # the loop sets each micro-batch's share of its window (see training_step)
+        self._session_start = (time.time(), 0)  # a training session's start and the tokens seen before it
+        self._learning_rate = 0.0  # the rate the last optimizer step used (logged as learning_rate)
+        # As the reference's: whether compute_loss passes num_items_in_batch to the model (then its loss is
+        # normalised over the window); a subclass or script may set it.
+        self.model_accepts_loss_kwargs = _takes_num_items(self.model)
+        self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps  # batches of this window
         self._embedding_rows: EmbeddingRows | None = None  # set with the optimizer the Trainer creates
         self.state = TrainerState(is_world_process_zero=self.dist.is_main,
                                   is_local_process_zero=self.dist.local_rank == 0)
@@ -133,7 +140,7 @@ class Trainer:
         defaults = [JsonlLogCallback]
         if not self.args.disable_tqdm:
             defaults.append(ProgressCallback)
-        if {"tensorboard", "all"} & set(self.args.report_to):
+        if "tensorboard" in self.args.report_to:
             defaults.append(TensorBoardCallback)
         _check_integrations(self.args.report_to)
         self.callback_handler = CallbackHandler(defaults + list(callbacks or []), model=self.model,
@@ -194,7 +201,7 @@ class Trainer:
         else:
             # Columns the collator reads itself (the packed rows' seq_lengths of SFT's) stay too, as TRL's
             # signature columns: dropped, packed sequences would attend to each other.
-            read = set(getattr(self.data_collator, "columns_read", ()))
+            read = set(getattr(self.data_collator, "columns_read", ())) | set(self._label_names())
             keep = [c for c in columns if c in accepted or c in LABEL_KEYS or c in read]
             inputs = [c for c in keep if c not in LABEL_KEYS]
             if not inputs:
@@ -208,6 +215,8 @@ class Trainer:
         accepted = self._model_inputs()
         columns = column_names(dataset)
         label_column = next((c for c in LABEL_KEYS if c in columns), None)
+        if label_column is None and self.args.label_names is not None and set(self.args.label_names) & set(columns):
+            return  # the user's own label columns, for their own loss (compute_loss): nothing to check here
         if label_column is None:
             if accepted is not None and "labels" in accepted and not getattr(self.data_collator, "makes_labels", False):
                 raise InputError(f"{name} has no label column ('label' or 'labels'); its columns are "
@@ -305,12 +314,13 @@ class Trainer:
         if self.compute_loss_func is not None and "labels" in inputs:
             inputs = dict(inputs)
             labels = inputs.pop("labels")
-        takes_num_items = num_items_in_batch is not None and _takes_num_items(model)
+        takes_num_items = num_items_in_batch is not None and self.model_accepts_loss_kwargs
         if takes_num_items:
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**inputs)
         # A loss normalised over the items of all processes is scaled back up: DDP averages the gradients.
-        across = self.dist.world_size if num_items_in_batch is not None and \
+        # (Evaluation counts each process's own batch, and averages nothing.)
+        across = self.dist.world_size if num_items_in_batch is not None and model.training and \
             self.args.average_tokens_across_devices else 1
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch) * across
@@ -361,7 +371,7 @@ class Trainer:
         if steps and self.state.global_step % steps == 0 and torch.cuda.is_available():
             torch.cuda.empty_cache()
         scaled = (self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None
-                  else self.compute_loss_func is not None or _takes_num_items(model))
+                  else self.compute_loss_func is not None or self.model_accepts_loss_kwargs)
         loss = loss if scaled else loss * self._micro_share
         loss.backward()
         return loss.detach().float()
@@ -446,7 +456,9 @@ class Trainer:
         self.control = self.callback_handler.call("on_pre_optimizer_step", args, state, self.control)
         self.optimizer.step()
         self.control = self.callback_handler.call("on_optimizer_step", args, state, self.control)
-        self.lr_scheduler.step()
+        self._learning_rate = float(self.lr_scheduler.get_last_lr()[0])  # the rate this step used: the one logged
+        if not metric_driven(self.lr_scheduler):  # those step after each evaluation, with its metric
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def _windows(self, rows: RowView, epoch: int, steps_per_epoch: int, max_steps: int):
@@ -517,7 +529,8 @@ class Trainer:
         num_epochs = math.ceil(max_steps / steps_per_epoch)
 
         self._wrap_model()
-        self.create_optimizer_and_scheduler(num_training_steps=max_steps)
+        self.create_optimizer()  # then the schedule, with optimizer=None: the reference's loop calls these two
+        self.create_scheduler(num_training_steps=max_steps)
         self.callback_handler.objects.update(optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
         resume = checkpoint.resolve_resume(args.output_dir, resume_from_checkpoint)
         if resume is not None:
@@ -531,16 +544,18 @@ class Trainer:
         state.save_steps = args.interval("save_steps", max_steps)
         state.is_world_process_zero = self.dist.is_main
         start_step, start_time, examples_seen, self._grad_norm = state.global_step, time.perf_counter(), 0, None
+        self._session_start = (time.time(), state.num_input_tokens_seen)  # log()'s start_time, tokens before it
 
         self.control = self.callback_handler.call("on_train_begin", args, state, self.control)
         if args.eval_on_start and resume is None:
-            self._evaluate_and_track()
+            self._evaluate_and_track(step_scheduler=False)  # as the reference: no schedule step before training
         self.model_wrapped.train()
         if self._embedding_rows is not None:
             self._embedding_rows.begin()
         for epoch in range(state.global_step // steps_per_epoch, num_epochs):
             self.control = self.callback_handler.call("on_epoch_begin", args, state, self.control)
             for j, window, shares, total in self._windows(rows, epoch, steps_per_epoch, max_steps):
+                self.current_gradient_accumulation_steps = len(window)
                 # One optimizer step: the reference's training_step per micro-batch, then _optimizer_step.
                 examples_seen += total
                 shares, num_items = self._token_shares(window, shares, total)
@@ -626,9 +641,9 @@ class Trainer:
             if self._grad_norm is not None:
                 norm = self._grad_norm
                 logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
+            logs["learning_rate"] = self._learning_rate
             state.loss_since_log, state.steps_since_log = 0.0, 0
-            self.log(logs)
+            self.log(logs, self._session_start[0])
         control.should_log = False
         improved = False
         if control.should_evaluate:
@@ -640,16 +655,23 @@ class Trainer:
             control.should_save = False
             self._save_checkpoint(improved)
 
-    def _evaluate_and_track(self) -> bool:
-        """Evaluate; record whether metric_for_best_model improved."""
+    def _evaluate_and_track(self, step_scheduler: bool = True) -> bool:
+        """Evaluate; record whether metric_for_best_model improved; step a metric-driven schedule
+        (reduce_lr_on_plateau, greedy) with that metric, as the reference does after each evaluation."""
         metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
         name = self.args.metric_for_best_model
+        step_scheduler = step_scheduler and metric_driven(self.lr_scheduler)
         if name is None:
+            if step_scheduler:
+                raise InputError(f"a {type(self.lr_scheduler).__name__} schedule steps with metric_for_best_model; "
+                                 "set it")
             return False
         key = name if name.startswith("eval_") else f"eval_{name}"
         if key not in metrics:
             raise MetricNotFoundError(f"metric_for_best_model={name!r}: the evaluation returned no {key!r} "
                            f"(it returned {', '.join(metrics)})")
+        if step_scheduler:
+            self.lr_scheduler.step(metrics[key])
         value, best = metrics[key], self.state.best_metric
         better = best is None or (value > best if self.args.greater_is_better else value < best)
         if better:
@@ -725,23 +747,39 @@ class Trainer:
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: list[str] | None = None):
-        """(loss, logits, labels) of one evaluation batch. The loss comes from compute_loss, so an overridden loss is
-        the one evaluation reports; logits are the model's outputs other than the loss and `ignore_keys`."""
+        """(loss, logits, labels) of one evaluation batch, as the reference's. The loss comes from compute_loss (so
+        an overridden loss is the one evaluation reports), given this batch's labelled items as num_items_in_batch;
+        logits are the model's outputs other than the loss and `ignore_keys` (default: the config's
+        keys_to_ignore_at_inference), one tensor or a tuple."""
         labels = _batch_labels(inputs, self._label_names())
         with torch.inference_mode(), self.compute_loss_context_manager():
             if labels is not None:
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=self._batch_num_items(inputs))
                 loss = loss.detach().mean() if isinstance(loss, torch.Tensor) else loss
             else:
                 loss, outputs = None, model(**inputs)
         if prediction_loss_only:
             return loss, None, None
-        if ignore_keys is not None and isinstance(outputs, dict):
+        if isinstance(outputs, dict):
+            if ignore_keys is None:
+                config = getattr(self.model, "config", None)
+                ignore_keys = [] if config is None else getattr(config, "keys_to_ignore_at_inference", ["cache"])
             kept = tuple(v for k, v in outputs.items() if k not in ignore_keys and k != "loss" and v is not None)
             logits = kept[0] if len(kept) == 1 else (kept or None)
         else:
             logits = _loss_and_logits(outputs)[1]
         return loss, logits, labels
+
+    def _batch_num_items(self, inputs) -> torch.Tensor | None:
+        """The reference's num_items_in_batch for one evaluation batch: its labels other than -100 (a language
+        model's shifted targets), where the model's forward or compute_loss_func takes the count."""
+        if "labels" not in inputs or not (self.compute_loss_func is not None or self.model_accepts_loss_kwargs):
+            return None
+        count = getattr(self.model, "count_loss_items", None)
+        labels = inputs["labels"]
+        return torch.as_tensor(count(labels, inputs.get("attention_mask")) if count is not None
+                               else labels.ne(-100).sum())
 
     @reuse_freed_memory()
     @fit_threads
@@ -820,9 +858,12 @@ class Trainer:
             logs["epoch"] = self.state.epoch
         if self.args.include_num_input_tokens_seen != "no":
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
-            if start_time is not None:
-                runtime = time.perf_counter() - start_time
-                logs["train_tokens_per_second"] = round(self.state.num_input_tokens_seen / runtime, 3)
+            if start_time is not None:  # a time.time() (the reference's): this session's tokens over its time
+                runtime = time.time() - start_time
+                logs["train_runtime"] = round(runtime, 4)
+                if runtime > 0:
+                    tokens = self.state.num_input_tokens_seen - self._session_start[1]
+                    logs["train_tokens_per_second"] = round(tokens / runtime, 3)
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.call("on_log", self.args, self.state, self.control, logs=logs)
 
@@ -836,7 +877,7 @@ class Trainer:
         if not self.is_world_process_zero():
             return
         print(f"***** {split} metrics *****")
-        shown = {k: (str(__import__("datetime").timedelta(seconds=int(v))) if "_runtime" in k else
+        shown = {k: (_seconds_as_timedelta(v) if k.endswith("_runtime") else
                      f"{int(v) >> 30}GF" if k == "total_flos" else round(v, 4) if isinstance(v, float) else v)
                  for k, v in metrics.items()}
         k_width, v_width = max(len(str(k)) for k in shown), max(len(str(v)) for v in shown.values())
@@ -894,7 +935,7 @@ class Trainer:
             logger.warning(f"{err}; training goes on, the next save and the end of training push again")
 
     def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, token: str | None = None,
-                    revision: str | None = None, **card_fields) -> str | None:
+                    revision: str | None = None, private: bool | None = None, **card_fields) -> str | None:
         """Save the model in output_dir with a model card (README.md), then upload it to args.hub_model_id (created
         if missing; a bare name goes to the token owner's namespace) in one commit.
 
@@ -918,8 +959,8 @@ class Trainer:
         self.create_model_card(**card_fields)
         try:
             return push_files(model_files(args.output_dir), repo_id, token=token or args.hub_token,
-                              private=args.hub_private_repo, commit_message=commit_message, revision=revision,
-                              source=args.output_dir)
+                              private=args.hub_private_repo if private is None else private,
+                              commit_message=commit_message, revision=revision, source=args.output_dir)
         except HubError as err:
             raise HubError(f"{err}; the model is saved in {args.output_dir!r}: call trainer.push_to_hub() to try "
                            "again", endpoint=err.endpoint, repo_id=err.repo_id, reason=err.reason,
@@ -941,6 +982,12 @@ def _batch_size(batch) -> int:
     return next((len(v) for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), 0)
 
 
+def _seconds_as_timedelta(seconds: float) -> str:
+    """log_metrics' runtimes as the reference prints them: H:MM:SS and hundredths."""
+    import datetime
+    return f"{datetime.timedelta(seconds=int(seconds))}.{int(abs(seconds - int(seconds)) * 100):02d}"
+
+
 def _takes_num_items(model) -> bool:
     """Whether the model's forward takes num_items_in_batch (then its loss is normalised over the window)."""
     forward = getattr(getattr(model, "module", model), "forward", None)
@@ -951,25 +998,48 @@ def _takes_num_items(model) -> bool:
 
 
 def _check_integrations(report_to: list[str]) -> None:
-    """report_to names the reference's integrations: a missing package fails as the reference fails; an
-    installed one is refused, as tuneforge reports to TensorBoard and log.jsonl only."""
+    """report_to names the reference's integrations: a missing package fails as the reference fails (its exception
+    and message); an installed one is refused, as tuneforge reports to TensorBoard and log.jsonl only."""
     import importlib.util
     from .arguments import INTEGRATIONS
     for name in report_to:
         if name not in INTEGRATIONS:
             continue
-        module = INTEGRATIONS[name]
+        module = INTEGRATIONS[name].split(".")[0]
         try:
-            found = importlib.util.find_spec(module.split(".")[0]) is not None
+            found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
             found = False
+        if name == "kubeflow":
+            found = os.environ.get("KUBEFLOW_TRAINER_SERVER_URL") is not None
         if not found:
-            cls = {"wandb": "WandbCallback", "mlflow": "MLflowCallback", "comet_ml": "CometCallback",
-                   "clearml": "ClearMLCallback", "neptune": "NeptuneCallback"}.get(name, f"{name} callback")
-            raise RuntimeError(f"{cls} requires {module.split('.')[0]} to be installed. Run `pip install "
-                               f"{module.split('.')[0]}`.")
+            error, message = MISSING_INTEGRATION.get(name, (RuntimeError, None))
+            raise error(message or f"{name} requires {module} to be installed. Run `pip install {module}`.")
         raise InputError(f"report_to={name!r} is not supported by tuneforge; use 'tensorboard' (or 'none'): the "
                          "loop also writes output_dir/log.jsonl")
+
+
+# What the reference raises for report_to=<name> without the integration's package.
+MISSING_INTEGRATION = {
+    "azure_ml": (RuntimeError, "AzureMLCallback requires azureml to be installed. Run `pip install azureml-sdk`."),
+    "comet_ml": (RuntimeError, "CometCallback requires comet-ml>=3.43.2 to be installed. Run `pip install "
+                               "comet-ml>=3.43.2`."),
+    "mlflow": (RuntimeError, "MLflowCallback requires mlflow to be installed. Run `pip install mlflow`."),
+    "dagshub": (RuntimeError, "MLflowCallback requires mlflow to be installed. Run `pip install mlflow`."),
+    "neptune": (ValueError, "NeptuneCallback requires the Neptune client library to be installed. To install the "
+                            "library, run `pip install neptune`."),
+    "trackio": (RuntimeError, "TrackioCallback requires trackio to be installed. Run `pip install trackio`."),
+    "wandb": (RuntimeError, "WandbCallback requires wandb to be installed. Run `pip install wandb`."),
+    "codecarbon": (RuntimeError, "CodeCarbonCallback requires `codecarbon` to be installed. Run `pip install "
+                                 "codecarbon`."),
+    "clearml": (RuntimeError, "ClearMLCallback requires 'clearml' to be installed. Run `pip install clearml`."),
+    "flyte": (ImportError, "FlyteCallback requires flytekit to be installed. Run `pip install flytekit`."),
+    "dvclive": (RuntimeError, "DVCLiveCallback requires dvclive to be installed. Run `pip install dvclive`."),
+    "swanlab": (RuntimeError, "SwanLabCallback requires swanlab to be installed. Run `pip install swanlab`."),
+    "kubeflow": (RuntimeError, "KubeflowCallback requires KUBEFLOW_TRAINER_SERVER_URL environment variable to be "
+                               "set. This is automatically set when running inside a Kubeflow TrainJob with "
+                               "TrainJobRuntimeStatus enabled."),
+}
 
 
 def _batch_labels(batch: dict, names: list[str]):
