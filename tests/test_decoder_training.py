@@ -119,7 +119,8 @@ def test_two_torchrun_workers_equal_one_process(kind, tmp_path):
 def test_tied_language_model_equals_a_plain_pytorch_loop(tmp_path):
     """The embedding tied to the LM head gets a gradient on every row: the Trainer's step must stay the dense one."""
     from tuneforge.data import shuffled_batches
-    from tuneforge.training.optim import create_optimizer, create_scheduler
+    from tuneforge.training.optim import create_optimizer
+    from tuneforge.training.schedules import create_scheduler
     data = make_data(24, labels=False)
     model, collator = make_model("llama-clm", dropout=False)
     by_hand, _ = make_model("llama-clm", dropout=False)

@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import optimization as ref  # noqa: E402
 
-from tuneforge.training import optim  # noqa: E402
+from tuneforge.training import optim, schedules  # noqa: E402
 
 STEPS, WARMUP = 30, 4
 # (name, lr_scheduler_kwargs): every SchedulerType, with the keyword arguments it takes.
@@ -54,7 +54,7 @@ def lrs_over(scheduler, opt, metric_driven):
 
 
 def test_every_reference_schedule_is_covered():
-    assert {name for name, _ in CASES} == {t.value for t in transformers.SchedulerType} == set(optim.SCHEDULES)
+    assert {name for name, _ in CASES} == {t.value for t in transformers.SchedulerType} == set(schedules.SCHEDULES)
 
 
 NO_TOTAL = ("constant", "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "greedy")  # no step count
@@ -69,10 +69,10 @@ def test_get_scheduler_matches_reference(name, kwargs, total):
     ours_opt, ref_opt = sgd(), sgd()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # wsd with both step counts warns, in both
-        ours = optim.get_scheduler(name, ours_opt, WARMUP, total, copy.deepcopy(kwargs))
+        ours = schedules.get_scheduler(name, ours_opt, WARMUP, total, copy.deepcopy(kwargs))
         theirs = ref.get_scheduler(name, ref_opt, WARMUP, total, copy.deepcopy(kwargs))
-    metric_driven = name in optim.METRIC_SCHEDULES
-    assert type(ours).__name__ == type(theirs).__name__ and optim.metric_driven(ours) == metric_driven
+    metric_driven = name in schedules.METRIC_SCHEDULES
+    assert type(ours).__name__ == type(theirs).__name__ and schedules.metric_driven(ours) == metric_driven
     ours_lrs, ref_lrs = lrs_over(ours, ours_opt, metric_driven), lrs_over(theirs, ref_opt, metric_driven)
     for step, (a, b) in enumerate(zip(ours_lrs, ref_lrs)):
         assert a == pytest.approx(b, abs=1e-12, rel=0), (step, a, b)
@@ -84,14 +84,14 @@ def test_get_scheduler_matches_reference(name, kwargs, total):
 def test_greedy_state_dict_round_trips_and_is_the_references():
     kwargs = {"patience": 1, "factor": 0.7, "min_lr": 0.02, "smooth": True, "window_size": 3, "cooldown": 1}
     opt, ref_opt = sgd(), sgd()
-    ours, theirs = optim.GreedyLR(opt, **kwargs), ref.GreedyLR(ref_opt, **kwargs)
+    ours, theirs = schedules.GreedyLR(opt, **kwargs), ref.GreedyLR(ref_opt, **kwargs)
     for metric in METRICS[:12]:
         ours.step(metric), theirs.step(metric)
     state = ours.state_dict()
     assert state == theirs.state_dict()
     saved = torch.load(_saved(state), weights_only=True)  # as the Trainer's scheduler.pt
     resumed_opt, ref_resumed_opt = sgd(), sgd()
-    resumed, ref_resumed = optim.GreedyLR(resumed_opt, **kwargs), ref.GreedyLR(ref_resumed_opt, **kwargs)
+    resumed, ref_resumed = schedules.GreedyLR(resumed_opt, **kwargs), ref.GreedyLR(ref_resumed_opt, **kwargs)
     resumed.load_state_dict(saved)
     ref_resumed.load_state_dict(saved)  # the reference takes tuneforge's state
     for metric in METRICS[12:]:
@@ -132,7 +132,7 @@ NAMED = [  # (function name, arguments after the optimizer)
 @pytest.mark.parametrize("name,kwargs", NAMED)
 def test_named_schedules_match_reference(name, kwargs):
     ours_opt, ref_opt = sgd(), sgd()
-    ours, theirs = getattr(optim, name)(ours_opt, **kwargs), getattr(ref, name)(ref_opt, **kwargs)
+    ours, theirs = getattr(schedules, name)(ours_opt, **kwargs), getattr(ref, name)(ref_opt, **kwargs)
     metric_driven = name in ("get_reduce_on_plateau_schedule", "get_greedy_schedule")
     for step, (a, b) in enumerate(zip(lrs_over(ours, ours_opt, metric_driven), lrs_over(theirs, ref_opt,
                                                                                           metric_driven))):
@@ -142,7 +142,7 @@ def test_named_schedules_match_reference(name, kwargs):
 def test_named_functions_have_the_references_signatures():
     names = [n for n in dir(ref) if n.startswith("get_") and n != "get_scheduler"]
     for name in names:
-        ours, theirs = inspect.signature(getattr(optim, name)), inspect.signature(getattr(ref, name))
+        ours, theirs = inspect.signature(getattr(schedules, name)), inspect.signature(getattr(ref, name))
         assert [(p.name, p.default) for p in ours.parameters.values()] == \
             [(p.name, p.default) for p in theirs.parameters.values()], name
 
@@ -216,7 +216,7 @@ def test_adafactor_state_dict_round_trips(kwargs):
 def test_adafactor_schedule_matches_reference():
     ours_model, ref_model = small_model(), small_model()
     ours_opt, ref_opt = optim.Adafactor(ours_model.parameters()), ref.Adafactor(ref_model.parameters())
-    ours, theirs = optim.AdafactorSchedule(ours_opt, 1e-3), ref.AdafactorSchedule(ref_opt, 1e-3)
+    ours, theirs = schedules.AdafactorSchedule(ours_opt, 1e-3), ref.AdafactorSchedule(ref_opt, 1e-3)
     assert ours.get_last_lr() == theirs.get_last_lr() == [1e-3]
     for step in range(5):
         for model, opt, scheduler in ((ours_model, ours_opt, ours), (ref_model, ref_opt, theirs)):
@@ -273,13 +273,13 @@ def test_bad_arguments_raise_as_the_reference():
         ("greedy", 0, 10, {"threshold_mode": "pct"}, "threshold_mode='pct'"),
         ("greedy", 0, 10, {"min_lr": [0.1, 0.2, 0.3]}, "expected 2 values"),
     ]:
-        both_raise(lambda: optim.get_scheduler(name, sgd(), warmup, total, kwargs),
+        both_raise(lambda: schedules.get_scheduler(name, sgd(), warmup, total, kwargs),
                    lambda: ref.get_scheduler(name, sgd(), warmup, total, kwargs), match=match)
     # Where the reference raises a TypeError for a keyword the schedule does not take, tuneforge names it.
     for name, kwargs, match in [("warmup_stable_decay", {}, "needs num_decay_steps"),
                                 ("reduce_lr_on_plateau", {"num_cycles": 2}, "num_cycles do not apply"),
                                 ("greedy", {"power": 2}, "power do not apply"), ("cosine", {"power": 2}, "power")]:
-        both_raise(lambda: optim.get_scheduler(name, sgd(), 2, 10, kwargs),
+        both_raise(lambda: schedules.get_scheduler(name, sgd(), 2, 10, kwargs),
                    lambda: ref.get_scheduler(name, sgd(), 2, 10, kwargs), ref_error=TypeError, match=match)
 
 

@@ -74,7 +74,8 @@ def test_step_equals_a_plain_pytorch_loop_with_clipping(tmp_path, optim):
     """Forward, backward, clip_grad_norm_, AdamW, schedule, written out by hand; the clip is tight so it acts on
     every step (the fused optimizer applies it inside its own pass)."""
     from tuneforge.data import DataCollatorWithPadding, shuffled_batches
-    from tuneforge.training.optim import create_optimizer, create_scheduler
+    from tuneforge.training.optim import create_optimizer
+    from tuneforge.training.schedules import create_scheduler
     data = make_data(24)
     model = tiny_model()
     by_hand = tiny_model()
@@ -107,7 +108,8 @@ def test_embedding_rows_equal_the_dense_step_and_resume_exactly(tmp_path, vocab,
     with 1,000 rows the sparse step holds throughout; with 240 the dense step takes over mid-run, past 60 rows.
     Accumulating two batches of 4 (sparse gradients add up) equals the batches of 8 of the loop."""
     from tuneforge.data import DataCollatorWithPadding, shuffled_batches
-    from tuneforge.training.optim import EmbeddingRows, create_optimizer, create_scheduler
+    from tuneforge.training.optim import EmbeddingRows, create_optimizer
+    from tuneforge.training.schedules import create_scheduler
     big_vocab = lambda: tiny_model(vocab_size=vocab)  # noqa: E731
     data = make_data(48)
     args = args_for(tmp_path, per_device_train_batch_size=8 // accumulation, max_steps=6, max_grad_norm=0.05,
@@ -180,7 +182,7 @@ def test_weight_decay_skips_biases_and_norms():
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant", "constant_with_warmup"])
 def test_schedules_match_reference(kind):
     transformers = pytest.importorskip("transformers")
-    from tuneforge.training.optim import lr_lambda
+    from tuneforge.training.schedules import lr_lambda
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
     ref = transformers.get_scheduler(kind, opt, num_warmup_steps=3, num_training_steps=20)

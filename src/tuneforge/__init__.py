@@ -22,13 +22,14 @@ from . import trainer_utils, utils
 from .hf_argparser import HfArgumentParser
 from .models.config import Config as PretrainedConfig
 from .trainer_utils import IntervalStrategy, SchedulerType, get_last_checkpoint
-from .training.optim import (Adafactor, GreedyLR, get_constant_schedule, get_constant_schedule_with_warmup,
-                             get_cosine_schedule_with_warmup, get_cosine_with_hard_restarts_schedule_with_warmup,
-                             get_cosine_with_min_lr_schedule_with_warmup,
-                             get_cosine_with_min_lr_schedule_with_warmup_lr_rate, get_greedy_schedule,
-                             get_inverse_sqrt_schedule, get_linear_schedule_with_warmup,
-                             get_polynomial_decay_schedule_with_warmup, get_reduce_on_plateau_schedule, get_scheduler,
-                             get_wsd_schedule)
+from .training.optim import Adafactor
+from .training.schedules import (GreedyLR, get_constant_schedule, get_constant_schedule_with_warmup,
+                                 get_cosine_schedule_with_warmup, get_cosine_with_hard_restarts_schedule_with_warmup,
+                                 get_cosine_with_min_lr_schedule_with_warmup,
+                                 get_cosine_with_min_lr_schedule_with_warmup_lr_rate, get_greedy_schedule,
+                                 get_inverse_sqrt_schedule, get_linear_schedule_with_warmup,
+                                 get_polynomial_decay_schedule_with_warmup, get_reduce_on_plateau_schedule, get_scheduler,
+                                 get_wsd_schedule)
 from .utils import logging
 
 

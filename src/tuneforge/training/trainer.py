@@ -23,7 +23,8 @@ from . import checkpoint, distributed
 from .arguments import TrainingArguments
 from .callbacks import (CallbackHandler, JsonlLogCallback, ProgressCallback, TensorBoardCallback, TrainerControl,
                         TrainerState)
-from .optim import EmbeddingRows, clip_gradients, create_optimizer, create_scheduler, metric_driven
+from .optim import EmbeddingRows, clip_gradients, create_optimizer
+from .schedules import create_scheduler, metric_driven
 from .preemption import PreemptionGuard
 from .threads import ThreadBudget, fit_threads
 
