@@ -137,3 +137,30 @@ def test_tied_language_model_equals_a_plain_pytorch_loop(tmp_path):
         optimizer.zero_grad()
     for (key, ours), theirs in zip(model.state_dict().items(), by_hand.state_dict().values()):
         torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5, msg=key)
+
+
+def test_a_bf16_checkpoint_loads_as_saved_trains_and_saves_its_dtype(tmp_path):
+    """from_pretrained's default dtype is the checkpoint's ("auto", as the reference's): a bfloat16 folder loads in
+    bfloat16 (its rotary frequencies stay float32) and trains with the default fused AdamW and clipping; loaded as
+    float32, trained and saved, its config says float32, so it loads back unrounded here and in the reference."""
+    from tuneforge import AutoModelForCausalLM
+    transformers = pytest.importorskip("transformers")
+    model, collator = make_model("llama-clm", dropout=False)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    rotary = next(m for m in loaded.modules() if hasattr(m, "inv_freq"))
+    fresh = next(m for m in make_model("llama-clm")[0].modules() if hasattr(m, "inv_freq"))
+    assert rotary.inv_freq.dtype == torch.float32 and torch.equal(rotary.inv_freq, fresh.inv_freq)
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    Trainer(model=loaded, args=args_for(tmp_path, per_device_train_batch_size=4, max_steps=2, max_grad_norm=1e-3),
+            train_dataset=make_data(8, labels=False), data_collator=collator).train()
+    assert any(not torch.equal(v, loaded.state_dict()[k]) for k, v in before.items())
+    wide = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
+    with torch.no_grad():
+        wide.lm_head.weight.add_(1e-4)  # not representable in bfloat16
+    wide.save_pretrained(tmp_path / "fp32")
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["dtype"] == "float32"
+    for back in (AutoModelForCausalLM.from_pretrained(tmp_path / "fp32"),
+                 transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fp32")):
+        assert torch.equal(back.lm_head.weight, wide.lm_head.weight)

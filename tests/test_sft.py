@@ -424,3 +424,15 @@ def test_sft_with_packing_two_torchrun_workers_equal_one_process(tmp_path):
     assert [e["num_tokens"] for e in logs[1]] == [e["num_tokens"] for e in logs[0]]
     evals = [json.loads((f / "result" / "eval.json").read_text())["eval_loss"] for f in (one, two)]
     assert evals[1] == pytest.approx(evals[0], abs=1e-5)
+
+
+def test_sft_trainer_loads_a_model_path_in_float32_as_trl_does(smol_tokenizer, tmp_path):
+    """SFTTrainer(model="path") of a bfloat16 folder: float32 weights (TRL's model_init default), unless
+    model_init_kwargs names a dtype."""
+    sft_model(smol_tokenizer).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for init, dtype in ((None, torch.float32), ({"dtype": "bfloat16"}, torch.bfloat16)):
+        args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, save_strategy="no", disable_tqdm=True,
+                         model_init_kwargs=init)
+        trainer = SFTTrainer(model=str(tmp_path / "bf16"), args=args, train_dataset=alpaca_like(4),
+                             processing_class=smol_tokenizer)
+        assert {p.dtype for p in trainer.model.parameters()} == {dtype}

@@ -191,7 +191,8 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: i
     stem = single.removesuffix(".safetensors")
     names = [single] if len(shards) == 1 else [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
                                                for i in range(1, len(shards) + 1)]
-    for stale in [folder / single, folder / index, *folder.glob(f"{stem}-*-of-*.safetensors")]:
+    shard_name = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.safetensors")  # this variant's shards only
+    for stale in [folder / single, folder / index, *(p for p in folder.iterdir() if shard_name.fullmatch(p.name))]:
         if stale.name not in names:
             stale.unlink(missing_ok=True)
     for name, shard in zip(names, shards):

@@ -580,7 +580,7 @@ def cmd_train(opts):
     set_seed(args.seed)  # the fresh head's initial weights come from the seed too
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, id2label=id2label, label2id={name: i for i, name in id2label.items()},
-        problem_type="single_label_classification",
+        problem_type="single_label_classification", dtype=torch.float32,  # float32 weights to train
         ignore_mismatched_sizes=True)  # a new label set means a new head; the key report says which weights
     model = with_lora(model, opts, "SEQ_CLS")
     note(f"fine-tuning {model_dir} ({model.num_parameters() / 1e6:.1f}M parameters) on {train_path} "

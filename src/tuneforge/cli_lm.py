@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import cli
 
@@ -172,7 +173,7 @@ def _load_tokenizer_and_capacity(opts):
     gguf = {"gguf_file": opts.gguf_file} if opts.gguf_file else {}
     model = None
     if opts.gguf_file:  # a GGUF file holds the config with the weights: read once
-        model = AutoModelForCausalLM.from_pretrained(opts.model, **gguf)
+        model = AutoModelForCausalLM.from_pretrained(opts.model, dtype=torch.float32, **gguf)
         config = model.config
     else:
         config = _load_config(opts.model)
@@ -245,8 +246,8 @@ def cmd_train_lm(opts):
     from .models import AutoModelForCausalLM
     from .training.trainer import set_seed
     set_seed(sft_args.seed)
-    if model is None:
-        model = AutoModelForCausalLM.from_pretrained(opts.model)
+    if model is None:  # float32 weights to train (--bf16 trains them under autocast), whatever was saved
+        model = AutoModelForCausalLM.from_pretrained(opts.model, dtype=torch.float32)
     model = cli.with_lora(model, opts, "CAUSAL_LM")
     unit = "blocks" if task == "causal-lm" else "packed rows" if opts.packing else "records"
     cli.note(f"{'training' if task == 'causal-lm' else 'fine-tuning (SFT)'} {opts.model} "

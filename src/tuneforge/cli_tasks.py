@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import Dataset
 
 from . import cli
@@ -165,7 +166,8 @@ def cmd_train_task(opts):
             eval_set, eval_source = _tokenized(eval_rows, eval_ids, tokenizer, max_length), str(eval_path)
         set_seed(args.seed)
         model = AutoModelForTokenClassification.from_pretrained(
-            opts.model, id2label=dict(enumerate(label_list)), label2id=label2id, ignore_mismatched_sizes=True)
+            opts.model, id2label=dict(enumerate(label_list)), label2id=label2id, ignore_mismatched_sizes=True,
+            dtype=torch.float32)  # float32 weights to train, whatever was saved
         model = cli.with_lora(model, opts, "TOKEN_CLS")
         collator, compute_metrics = DataCollatorForTokenClassification(tokenizer), seqeval_metrics(label_list)
         described = f"{len(label_list)} tags: {', '.join(label_list)}"
@@ -188,8 +190,8 @@ def cmd_train_task(opts):
         train_set = _qa_train_set(records, tokenizer, max_length, stride, train_path)
         eval_set, meta = _qa_eval_features(eval_records, tokenizer, max_length, stride, eval_path or train_path)
         set_seed(args.seed)
-        model = cli.with_lora(AutoModelForQuestionAnswering.from_pretrained(opts.model, ignore_mismatched_sizes=True),
-                              opts, "QUESTION_ANS")
+        model = cli.with_lora(AutoModelForQuestionAnswering.from_pretrained(opts.model, ignore_mismatched_sizes=True,
+                                                                             dtype=torch.float32), opts, "QUESTION_ANS")
         collator, compute_metrics = _QACollator(tokenizer), None
         described = f"max length {max_length}, stride {stride}; {len(records)} questions in {len(train_set)} windows"
     cli.note(f"fine-tuning {opts.model} for {task} on {train_path} ({len(train_set)} rows), evaluating on "

@@ -59,6 +59,7 @@ DEFAULT_ALLOW_PATTERNS = (
     "adapter_config.json",  # a LoRA adapter's (its weights: adapter_model.safetensors)
     "*.safetensors",
     "model.safetensors.index.json",
+    "model.safetensors.index.*.json",  # a variant's (from_pretrained(variant=))
     "pytorch_model.bin",
     "tokenizer.json",
     "tokenizer_config.json",

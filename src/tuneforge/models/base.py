@@ -252,7 +252,10 @@ class PreTrainedModel(nn.Module):
             return folder
         folder.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
-        config = {k: v for k, v in self.config.to_dict().items() if k != "name_or_path"}
+        config = {k: v for k, v in self.config.to_dict().items() if k not in ("name_or_path", "torch_dtype")}
+        floating = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        if floating is not None:  # the weights' dtype as saved, which dtype="auto" loads them in (as the reference)
+            config["dtype"] = str(floating).removeprefix("torch.")
         atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
         state = self.state_dict() if state_dict is None else state_dict

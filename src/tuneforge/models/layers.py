@@ -338,6 +338,15 @@ class Rotary(nn.Module):
         with torch.no_grad():
             self.inv_freq.copy_(inv_freq)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) would round the frequencies (a cos error of 0.4 by position 1000): they stay float32,
+        # as the reference's loader leaves them.
+        super()._apply(fn, recurse)
+        if not self.inv_freq.is_meta and self.inv_freq.dtype != torch.float32:
+            self.inv_freq = torch.empty(self.inv_freq.shape, dtype=torch.float32, device=self.inv_freq.device)
+            self.reset_buffers()
+        return self
+
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(N,) positions -> cos, sin (N, 1, head_dim), broadcast over heads."""
         freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # (N, d/2)

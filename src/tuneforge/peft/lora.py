@@ -506,6 +506,7 @@ class PeftModel(nn.Module):
 
     def save_pretrained(self, save_directory, *, state_dict: dict | None = None, safe_serialization: bool = True,
                         selected_adapters: list[str] | None = None, is_main_process: bool = True, **kwargs) -> Path:
+        kwargs.pop("save_function", None)  # accelerate scripts pass it; safetensors writes the file (as PEFT's)
         if kwargs:
             raise TypeError(f"save_pretrained() got argument(s) it does not implement: {', '.join(sorted(kwargs))}")
         if not safe_serialization:

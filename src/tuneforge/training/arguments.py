@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -219,8 +220,16 @@ class TrainingArguments:
                 raise InputError(f"{name}={value!r} is not supported; use one of {', '.join(allowed)}")
             setattr(self, name, value)
         self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
-        if self.report_to in (["all"], ["none"]):  # as the reference: every installed integration, or none
-            self.report_to = available_integrations() if self.report_to == ["all"] else []
+        if self.report_to == ["none"]:  # as the reference
+            self.report_to = []
+        elif self.report_to == ["all"]:  # the reference's: every installed integration; tuneforge's: TensorBoard
+            found = available_integrations()
+            others = [name for name in found if name != "tensorboard"]
+            if others:
+                logging.getLogger("tuneforge").warning(
+                    f"report_to='all': tuneforge reports to TensorBoard and output_dir/log.jsonl only, not to the "
+                    f"installed {', '.join(others)}")
+            self.report_to = [name for name in found if name == "tensorboard"]
         for reporter in self.report_to:
             if reporter not in REPORTERS and reporter not in INTEGRATIONS:
                 raise InputError(f"report_to={reporter!r} is not supported; use one of {', '.join(REPORTERS)}")

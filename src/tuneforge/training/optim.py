@@ -54,7 +54,8 @@ def clip_gradients(parameters, max_norm: float, optimizer: torch.optim.Optimizer
         if p.grad is not None and p.grad.is_sparse:  # EmbeddingRows: one value per row, for the norm
             p.grad = p.grad.coalesce()
     grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # as clip_grad_norm_
+    # In float32 whatever the gradients' dtype: the fused AdamW takes a float32 grad_scale (a bf16 model's too).
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
     optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp_(min=1.0)  # clip_grad_norm_'s factor, inverted
     return norm
 

@@ -342,7 +342,10 @@ class SFTTrainer:
                 raise InputError(f"SFTTrainer({option}=...) is not supported by tuneforge")
         if isinstance(model, str):
             path = model
-            model = AutoModelForCausalLM.from_pretrained(path, **(args.model_init_kwargs or {}))
+            init = dict(args.model_init_kwargs or {})
+            if "dtype" not in init and "torch_dtype" not in init:  # TRL's default: float32 weights (bf16=True
+                init["dtype"] = torch.float32                   # trains them under autocast)
+            model = AutoModelForCausalLM.from_pretrained(path, **init)
             if processing_class is None:
                 gguf = (args.model_init_kwargs or {}).get("gguf_file")
                 processing_class = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
