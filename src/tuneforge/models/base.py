@@ -35,8 +35,8 @@ DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bf
 
 def pop_load_options(kwargs: dict, caller: str = "from_pretrained") -> dict:
     """The reference's from_pretrained keywords about the loaded model, taken out of `kwargs` and checked:
-    dtype (or torch_dtype: a torch.dtype, its name, or "auto" for the checkpoint's, the default), device_map ("cpu", "auto",
-    a device, or {"": device}), low_cpu_mem_usage (always so: the model is built on the meta device and the
+    dtype (or torch_dtype: a torch.dtype, its name, or "auto" for the checkpoint's, the default), device_map ("cpu",
+    "auto", a device, or {"": device}), low_cpu_mem_usage (always so: the model is built on the meta device and the
     weights loaded into it), attn_implementation ("sdpa" or "eager"); plus the hub's (pop_hub_options)."""
     options = {"hub": pop_hub_options(kwargs, caller)}
     dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)

@@ -25,17 +25,24 @@ INTEGRATIONS = {"azure_ml": "azureml.core.run", "comet_ml": "comet_ml", "mlflow"
                 "kubeflow": "kubeflow"}
 
 
+def integration_installed(name: str) -> bool:
+    """Whether report_to=name's package is there (kubeflow's: its server's environment variable, as the reference)."""
+    import importlib.util
+    if name == "kubeflow":
+        return os.environ.get("KUBEFLOW_TRAINER_SERVER_URL") is not None
+    modules = ("tensorboard", "tensorboardX") if name == "tensorboard" else (INTEGRATIONS[name].split(".")[0],)
+    for module in modules:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return True
+        except (ImportError, ValueError):
+            pass
+    return False
+
+
 def available_integrations() -> list[str]:
     """report_to="all": the integrations whose package is installed, TensorBoard's included (as the reference)."""
-    import importlib.util
-
-    def installed(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            return False
-    found = [name for name, module in INTEGRATIONS.items() if name != "kubeflow" and installed(module.split(".")[0])]
-    return found + (["tensorboard"] if installed("tensorboard") or installed("tensorboardX") else [])
+    return [name for name in [*INTEGRATIONS, "tensorboard"] if name != "kubeflow" and integration_installed(name)]
 
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}

@@ -6,7 +6,6 @@ import contextlib
 import inspect
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -1001,19 +1000,12 @@ def _takes_num_items(model) -> bool:
 def _check_integrations(report_to: list[str]) -> None:
     """report_to names the reference's integrations: a missing package fails as the reference fails (its exception
     and message); an installed one is refused, as tuneforge reports to TensorBoard and log.jsonl only."""
-    import importlib.util
-    from .arguments import INTEGRATIONS
+    from .arguments import INTEGRATIONS, integration_installed
     for name in report_to:
         if name not in INTEGRATIONS:
             continue
-        module = INTEGRATIONS[name].split(".")[0]
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if name == "kubeflow":
-            found = os.environ.get("KUBEFLOW_TRAINER_SERVER_URL") is not None
-        if not found:
+        if not integration_installed(name):
+            module = INTEGRATIONS[name].split(".")[0]
             error, message = MISSING_INTEGRATION.get(name, (RuntimeError, None))
             raise error(message or f"{name} requires {module} to be installed. Run `pip install {module}`.")
         raise InputError(f"report_to={name!r} is not supported by tuneforge; use 'tensorboard' (or 'none'): the "
