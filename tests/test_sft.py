@@ -148,8 +148,10 @@ def test_loss_without_logits_never_makes_the_full_logits_even_when_walked_as_fsd
     shapes = []
     real_linear = torch.nn.functional.linear
     monkeypatch.setattr(losses, "chunk_rows", lambda vocab: 8)
+    real_mm = torch.mm
     monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: shapes.append(
         (x.shape[0], w.shape[0])) or real_linear(x, w, b))
+    monkeypatch.setattr(torch, "mm", lambda a, b, **kw: shapes.append((a.shape[0], b.shape[1])) or real_mm(a, b, **kw))
     ids = torch.randint(1, 99, (4, 12))
     labels = ids.clone()
     labels[:, :9] = -100  # 3 labelled tokens a row, 2 after the shift... 8 targets in all

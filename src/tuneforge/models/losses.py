@@ -46,8 +46,10 @@ def causal_lm_loss(logits: Tensor, targets: Tensor, num_items_in_batch: int | Te
 
 
 def chunk_rows(vocab_size: int) -> int:
-    """Rows of logits made at a time by chunked_lm_loss: about 16M values (64 MB in float32), whatever the vocabulary."""
-    return max(64, 2**24 // max(vocab_size, 1))
+    """Rows of logits made at a time by chunked_lm_loss: just under 32 MiB of float32 values, whatever the
+    vocabulary. glibc serves larger blocks with a fresh mmap each time, so a bigger chunk's logits would be faulted
+    in page by page at every chunk of every step; below it the block is reused from the heap."""
+    return max(16, (2**23 - 2**12) // max(vocab_size, 1))
 
 
 def chunked_lm_loss(x: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
@@ -81,20 +83,27 @@ class _ChunkedLMLoss(torch.autograd.Function):
             grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and needs[2] else None
             total = torch.zeros((), dtype=torch.float64, device=x.device)
             correct = torch.zeros((), dtype=torch.long, device=x.device)
+            buffer = torch.empty((min(chunk, rows), weight.shape[0]), dtype=torch.float32, device=x.device)
             for start in range(0, rows, chunk):
                 xc, tc = x[start:start + chunk].to(dtype), targets[start:start + chunk]
-                logits = torch.nn.functional.linear(xc, w, b).float()  # (c, V)
-                lse = torch.logsumexp(logits, -1)  # (c,)
-                picked = logits.gather(1, tc[:, None]).squeeze(1)
-                total += (lse - picked).sum(dtype=torch.float64)
-                correct += (logits.argmax(-1) == tc).sum()
+                logits = buffer[:len(tc)]  # (c, V), one buffer for every chunk
+                if dtype == torch.float32:
+                    torch.mm(xc, w.t(), out=logits) if b is None else torch.addmm(b, xc, w.t(), out=logits)
+                else:
+                    logits.copy_(torch.nn.functional.linear(xc, w, b))
+                picked = logits.gather(1, tc[:, None]).squeeze(1)  # (c,)
+                top, best = logits.max(-1)  # (c,), (c,)
+                correct += (best == tc).sum()
+                sums = logits.sub_(top[:, None]).exp_().sum(-1)  # exp(logits - max) in place, (c,)
+                total += (top + sums.log() - picked).sum(dtype=torch.float64)  # log-sum-exp - picked
                 if grad_x is None and grad_w is None and grad_b is None:
                     continue
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g[torch.arange(len(tc), device=x.device), tc] -= 1.0
-                g = g.div_(divisor).to(dtype)  # d loss / d logits, (c, V)
+                g = logits.mul_((1.0 / (sums * divisor))[:, None])  # softmax / divisor, in place
+                g[torch.arange(len(tc), device=x.device), tc] -= 1.0 / divisor
+                g = g.to(dtype)  # d loss / d logits, (c, V)
                 if grad_x is not None:
-                    grad_x[start:start + chunk] = (g @ w).to(x.dtype)
+                    torch.mm(g, w, out=grad_x[start:start + chunk]) if grad_x.dtype == dtype else \
+                        grad_x[start:start + chunk].copy_(g @ w)
                 if grad_w is not None:
                     if dtype == torch.float32:
                         grad_w.addmm_(g.t(), xc)
