@@ -87,10 +87,12 @@ class _ChunkedLMLoss(torch.autograd.Function):
             for start in range(0, rows, chunk):
                 xc, tc = x[start:start + chunk].to(dtype), targets[start:start + chunk]
                 logits = buffer[:len(tc)]  # (c, V), one buffer for every chunk
-                if dtype == torch.float32:
-                    torch.mm(xc, w.t(), out=logits) if b is None else torch.addmm(b, xc, w.t(), out=logits)
-                else:
+                if dtype != torch.float32:
                     logits.copy_(torch.nn.functional.linear(xc, w, b))
+                elif b is None:
+                    torch.mm(xc, w.t(), out=logits)
+                else:
+                    torch.addmm(b, xc, w.t(), out=logits)
                 picked = logits.gather(1, tc[:, None]).squeeze(1)  # (c,)
                 top, best = logits.max(-1)  # (c,), (c,)
                 correct += (best == tc).sum()
@@ -102,8 +104,10 @@ class _ChunkedLMLoss(torch.autograd.Function):
                 g[torch.arange(len(tc), device=x.device), tc] -= 1.0 / divisor
                 g = g.to(dtype)  # d loss / d logits, (c, V)
                 if grad_x is not None:
-                    torch.mm(g, w, out=grad_x[start:start + chunk]) if grad_x.dtype == dtype else \
-                        grad_x[start:start + chunk].copy_(g @ w)
+                    if grad_x.dtype == dtype:
+                        torch.mm(g, w, out=grad_x[start:start + chunk])
+                    else:
+                        grad_x[start:start + chunk] = g @ w
                 if grad_w is not None:
                     if dtype == torch.float32:
                         grad_w.addmm_(g.t(), xc)
