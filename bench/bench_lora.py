@@ -139,10 +139,12 @@ def main_sft(a) -> None:
     from bench_sft import convert
     convert()
     runs = [("tuneforge", "lora"), ("trl", "lora"), ("tuneforge", "full")]
+    # The reference first, so that tuneforge's LoRA and full runs, whose ratio is the step cost, are adjacent in time.
+    order = [runs[1], runs[0], runs[2]]
     rounds = []  # the machine's speed drifts: alternate, compare within a round, take medians
     for _ in range(a.rounds):
         results = {}
-        for lib, mode in runs:
+        for lib, mode in order:
             cmd = [sys.executable, __file__, "--case", "sft", "--child", lib, mode, "--records", str(a.records),
                    "--eval-records", str(a.eval_records), "--steps", str(a.steps), "--batch", str(a.batch),
                    "--threads", str(a.threads), "--r", str(a.r)]
@@ -195,10 +197,12 @@ def main():
         print(json.dumps(run_one(*a.child, a.train_size, a.batch, a.threads, a.r, a.test_size)))
         return
     runs = [("tuneforge", "lora"), ("transformers", "lora"), ("tuneforge", "full")]
+    # The reference first, so that tuneforge's LoRA and full runs, whose ratio is the step cost, are adjacent in time.
+    order = [runs[1], runs[0], runs[2]]
     rounds = []  # the machine's speed drifts: alternate, compare within a round, take medians
     for _ in range(a.rounds):
         results = {}
-        for lib, mode in runs:
+        for lib, mode in order:
             cmd = [sys.executable, __file__, "--child", lib, mode, "--train-size", str(a.train_size), "--batch",
                    str(a.batch), "--threads", str(a.threads), "--r", str(a.r)]
             cmd += ["--test-size", str(a.test_size)] if a.test_size else []

@@ -371,34 +371,40 @@ def test_dropout_keeps_the_distribution_and_gradient(size, p):
 
 
 def test_first_token_attention_equals_attention_on_projected_keys_and_values():
-    """The last block under a classification head folds the key and value projections into its B queries; the
-    attention, and every gradient, equal projecting all tokens and attending from the first one."""
+    """The last block under a classification head folds the key and value projections into its B queries, with a
+    LoRA update on the value's (s B A added to its weight); the attention, and every gradient, equal projecting
+    all tokens and attending from the first one."""
     import torch.nn.functional as F
     from tuneforge.models.attention import Packing, first_token_attention
+    from tuneforge.models.layers import LinearParts
     torch.manual_seed(0)
     lengths = [9, 40, 1, 22, 37, 3, 21, 9]  # not in packing order
     mask = torch.tensor([[1] * n + [0] * (40 - n) for n in lengths])
     packing = Packing.from_mask(mask, mask.shape, "cpu")
     assert len(packing.groups) > 2
     key, value = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+    lora_a, lora_b = torch.randn(4, 32, requires_grad=True), torch.randn(32, 4, requires_grad=True)
+    keys, values = LinearParts(key.weight, key.bias), LinearParts(value.weight, value.bias, lora_a, lora_b, 0.5)
     x = torch.randn(len(lengths), 40, 32, requires_grad=True)  # (B, T, H)
     q = torch.randn(len(lengths), 32, requires_grad=True)  # (B, H), one query per sequence in input order
     packed_q = q[torch.argsort(packing.restore)]  # (B, H) in packing order
-    got = packing.to_input_order(first_token_attention(packed_q, packing.pack(x), key, value, packing, 4, 0.0))
-    k, v = (proj(x).view(len(lengths), 40, 4, 8).transpose(1, 2) for proj in (key, value))  # (B, nh, T, d)
+    got = packing.to_input_order(first_token_attention(packed_q, packing.pack(x), keys, values, packing, 4, 0.0))
+    projected = key(x), value(x) + 0.5 * (x @ lora_a.t()) @ lora_b.t()
+    k, v = (t.view(len(lengths), 40, 4, 8).transpose(1, 2) for t in projected)  # (B, nh, T, d)
     want = F.scaled_dot_product_attention(q.view(-1, 4, 1, 8), k, v, attn_mask=mask.bool()[:, None, None, :])
     want = want.reshape(len(lengths), 32)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     upstream = torch.randn_like(want)
-    tensors = [x, q, key.weight, key.bias, value.weight, value.bias]
+    names = ["x", "q", "key.weight", "key.bias", "value.weight", "value.bias", "lora_A", "lora_B"]
+    tensors = [x, q, key.weight, key.bias, value.weight, value.bias, lora_a, lora_b]
     grads_got = torch.autograd.grad(got, tensors, upstream)
     grads_want = torch.autograd.grad(want, tensors, upstream)
-    for name, a, b in zip(["x", "q", "key.weight", "key.bias", "value.weight", "value.bias"], grads_got, grads_want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    for name, a, b in zip(names, grads_got, grads_want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
 
     # With dropout, the backward is checked numerically, with the same masks at every evaluation.
     small = Packing.from_mask(mask[:, :6], (len(lengths), 6), "cpu")
-    k64, v64 = torch.nn.Linear(32, 32).double(), torch.nn.Linear(32, 32).double()
+    k64, v64 = (LinearParts(m.weight, m.bias) for m in (torch.nn.Linear(32, 32).double() for _ in range(2)))
 
     def seeded(q, x):
         torch.manual_seed(1)
@@ -407,6 +413,7 @@ def test_first_token_attention_equals_attention_on_projected_keys_and_values():
               torch.randn(int(mask[:, :6].sum()), 32, dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(seeded, inputs)
     assert not torch.allclose(seeded(*inputs), first_token_attention(*inputs, k64, v64, small, 4, 0.0))
+
 
 def test_attention_groups_equal_one_padded_grid():
     """Bucketing sequences by length for attention changes nothing but the work done."""
@@ -429,6 +436,7 @@ def test_attention_is_the_same_for_any_mask_layout():
     """Packing keeps each sequence's real tokens in order wherever the padding sits (right, left, or gaps), so the
     training, inference and first-token attention give the same rows, and the same gradients, as right padding."""
     from tuneforge.models.attention import Packing, first_token_attention, packed_attention, packed_attention_cpu
+    from tuneforge.models.layers import LinearParts
     torch.manual_seed(0)
     lengths = [9, 3, 7, 9, 1, 4]
     right = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
@@ -438,7 +446,7 @@ def test_attention_is_the_same_for_any_mask_layout():
         gaps[row, torch.randperm(9)[:n].sort().values] = 1
     qkv = torch.randn(int(right.sum()), 3 * 8, dtype=torch.float64)  # packed rows: sequence by sequence, in order
     q, x = torch.randn(len(lengths), 8, dtype=torch.float64), qkv[:, :8]
-    key, value = torch.nn.Linear(8, 8).double(), torch.nn.Linear(8, 8).double()
+    key, value = (LinearParts(m.weight, m.bias) for m in (torch.nn.Linear(8, 8).double() for _ in range(2)))
     results = []
     for mask in (right, left, gaps):
         packing = Packing.from_mask(mask, mask.shape, "cpu")

@@ -210,6 +210,44 @@ def test_dropout_and_disable_adapter(tmp_path):
         assert not torch.equal(a, b), "LoRA dropout is on in training"
 
 
+
+@pytest.mark.parametrize("name, targets, bias", [("bert-cls", "all-linear", "all"),
+                                                  ("bert-cls", ["query", "value"], "none"),
+                                                  ("distilbert-cls", ["q_lin", "k_lin", "lin2"], "lora_only")])
+def test_encoder_fast_paths_fold_the_adapter(name, targets, bias, tmp_path, monkeypatch):
+    """Training on CPU, the encoder blocks keep their written-out Functions with the adapters folded into the
+    GEMMs (any subset of the fused query/key/value, trainable biases), and the last block its first-token path:
+    only adapters on the B first-token rows run as modules, and the loss and every gradient equal the module
+    path's (forced by a hook, which a fast path must respect)."""
+    from tuneforge.peft import lora
+    calls = []
+    forward = lora.Linear.forward
+    monkeypatch.setattr(lora.Linear, "forward", lambda self, x: calls.append(x.shape[0]) or forward(self, x))
+    model = get_peft_model(load(name, base_folder(name, tmp_path)), LoraConfig(
+        r=4, lora_alpha=8, target_modules=targets, bias=bias, task_type="SEQ_CLS", init_lora_weights=False)).train()
+    adapted = [m for m in model.modules() if isinstance(m, lora.Linear)]
+    ids, mask, labels = batch(name)
+
+    def loss_and_grads():
+        model.zero_grad()
+        calls.clear()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    fast_loss, fast_grads = loss_and_grads()
+    assert calls and all(rows == len(ids) for rows in calls), "only adapters on the first-token rows run as modules"
+    for m in adapted:
+        m.register_forward_hook(lambda *_: None)
+    module_loss, module_grads = loss_and_grads()
+    assert len(calls) == len(adapted)
+    torch.testing.assert_close(fast_loss, module_loss, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == module_grads.keys()
+    assert any(k.endswith("bias") and ".modules_to_save." not in k for k in fast_grads) == (bias != "none")
+    for key in module_grads:
+        torch.testing.assert_close(fast_grads[key], module_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layers import apply_dropout, backward_outside_autocast, dropout_grad, is_plain
+from .layers import (LinearParts, apply_dropout, backward_outside_autocast, dropout_grad, linear_parts,
+                     low_rank_linear)
 
 
 @dataclass
@@ -278,26 +279,34 @@ def trim_padding(input_ids: Tensor, attention_mask: Tensor | None, *others: Tens
     return (cut(input_ids), cut(attention_mask), *(cut(t) for t in others))
 
 
-def self_attention(h: Tensor, x: Tensor, packing: Packing, query: nn.Linear, key: nn.Linear, value: nn.Linear,
+def self_attention(h: Tensor, x: Tensor, packing: Packing, query: nn.Module, key: nn.Module, value: nn.Module,
                    num_heads: int, dropout_p: float) -> Tensor:
     """Multi-head self-attention over packed tokens x (N, H), before the output projection, for the query rows h:
     all of x -> (N, H), or each sequence's first token, (B, H) in packing order -> (B, H)."""
     if h is not x:
-        if is_plain(key, value, biased=False):
-            return first_token_attention(query(h), x, key, value, packing, num_heads, dropout_p)
+        keys, values = linear_parts(key, biased=False), linear_parts(value, biased=False)
+        if keys is not None and values is not None:
+            return first_token_attention(query(h), x, keys, values, packing, num_heads, dropout_p)
         qkv = torch.cat([query(x), key(x), value(x)], 1)  # replaced or hooked modules: their own outputs
         return attend(qkv, packing, num_heads, dropout_p=dropout_p)[packing.starts]
     return attend(fused_qkv(x, query, key, value), packing, num_heads, dropout_p=dropout_p)
 
 
-def fused_qkv(x: Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> Tensor:
-    """(N, H) -> (N, 3H): the three projections as one GEMM, forward and backward."""
-    biases = [getattr(m, "bias", None) for m in (query, key, value)]
-    some_biased = any(b is None for b in biases) and not all(b is None for b in biases)
-    if some_biased or not is_plain(query, key, value, biased=False):
+def fused_qkv(x: Tensor, query: nn.Module, key: nn.Module, value: nn.Module) -> Tensor:
+    """(N, H) -> (N, 3H): the three projections as one GEMM, forward and backward, LoRA adapters on any of them
+    folded in (low_rank_linear)."""
+    parts = [linear_parts(m, biased=False) for m in (query, key, value)]
+    biased = {p is not None and p.bias is not None for p in parts}
+    adapted = [p for p in parts if p is not None and p.lora_a is not None]
+    if (None in parts or len(biased) > 1
+            or adapted and (torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling())):
         return torch.cat([query(x), key(x), value(x)], 1)
-    bias = None if biases[0] is None else torch.cat(biases)
-    return F.linear(x, torch.cat([query.weight, key.weight, value.weight]), bias)
+    bias = torch.cat([p.bias for p in parts]) if True in biased else None
+    if not adapted:
+        return F.linear(x, torch.cat([p.weight for p in parts]), bias)  # (3H, H)
+    columns = [0, parts[0].weight.shape[0], parts[0].weight.shape[0] + parts[1].weight.shape[0]]
+    return low_rank_linear(x, [p.weight for p in parts], bias,
+                           [(c, p) for c, p in zip(columns, parts) if p.lora_a is not None])
 
 
 def attend(qkv: Tensor, packing: Packing, num_heads: int, num_kv_heads: int | None = None, *, causal: bool = False,
@@ -521,20 +530,27 @@ class _PackedAttention(torch.autograd.Function):
 
 
 @torch.compiler.disable  # like packed_attention
-def first_token_attention(q: Tensor, x: Tensor, key: nn.Linear, value: nn.Linear, packing: Packing,
+def first_token_attention(q: Tensor, x: Tensor, key: LinearParts, value: LinearParts, packing: Packing,
                           num_heads: int, dropout_p: float) -> Tensor:
     """Attention for each sequence's first token over all of its tokens: (B, H) queries in packing order and
     (N, H) tokens -> (B, H). The key and value projections are folded into the B queries and outputs instead of
     running on all N tokens (per head h, with attention weights p_j over tokens x_j):
         q . (Wk x_j + bk) = (Wk^T q) . x_j + q . bk
-        sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv sum_j p_j"""
+        sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv sum_j p_j
+    A LoRA adapter adds s B A to a weight W, and is folded the same way: (s B_k A_k)^T q = s A_k^T (B_k^T q)."""
     batch, hidden = q.shape
     d = hidden // num_heads
     qh = q.view(batch, num_heads, d) * d**-0.5  # (B, nh, d), scaled as in SDPA
     u = torch.einsum("bhd,hdi->bhi", qh, key.weight.view(num_heads, d, hidden))  # (B, nh, H)
+    if key.lora_a is not None:
+        qb = torch.einsum("bhd,hdr->bhr", qh, key.lora_b.view(num_heads, d, -1))  # (B, nh, r)
+        u = u + key.scaling * qb @ key.lora_a  # (B, nh, H)
     shift = (qh * key.bias.view(num_heads, d)).sum(-1, keepdim=True) if key.bias is not None else None  # (B, nh, 1)
     z, p_sum = _apply_outside_autocast(_FirstTokenMix, u, shift, x, packing, dropout_p)  # (B, nh, H), (B, nh, 1)
     out = torch.einsum("bhi,hdi->bhd", z, value.weight.view(num_heads, d, hidden))  # (B, nh, d)
+    if value.lora_a is not None:
+        za = z @ value.lora_a.t()  # (B, nh, r)
+        out = out + value.scaling * torch.einsum("bhr,hdr->bhd", za, value.lora_b.view(num_heads, d, -1))
     if value.bias is not None:
         out = out + p_sum * value.bias.view(num_heads, d)
     return out.reshape(batch, hidden)

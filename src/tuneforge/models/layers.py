@@ -153,18 +153,21 @@ def activation(name: str) -> Activation:
     return ACTIVATIONS[name]
 
 
-def post_attention(a: Tensor, x: Tensor, out: nn.Linear, norm1: nn.LayerNorm, fc1: nn.Linear, act: Activation,
-                   fc2: nn.Linear, norm2: nn.LayerNorm, out_dropout: float, mlp_dropout: float) -> Tensor:
+def post_attention(a: Tensor, x: Tensor, out: nn.Module, norm1: nn.LayerNorm, fc1: nn.Module, act: Activation,
+                   fc2: nn.Module, norm2: nn.LayerNorm, out_dropout: float, mlp_dropout: float) -> Tensor:
     """The rest of a post-norm block, after attention mixed the rows x into a (both (M, H)):
         h = norm1(x + dropout(out(a)));  return norm2(h + dropout(fc2(act(fc1(h)))))
     Training on CPU runs it as one autograd Function with the backward written out (_PostAttention): autograd's
-    bookkeeping for these dozen operations cost 3% of a step. Other devices, autocast, the compiler, and modules
-    that are replaced (LoRA wrappers, say), hooked or without biases get the modules."""
+    bookkeeping for these dozen operations cost 3% of a step. Its linear layers may carry LoRA adapters, folded into
+    its GEMMs (linear_parts). Other devices, autocast, the compiler, and modules that are replaced otherwise, hooked
+    or without biases get the modules."""
+    parts = [linear_parts(m) for m in (out, fc1, fc2)]
     if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and is_plain(out, norm1, fc1, fc2, norm2)):
-        return _PostAttention.apply(a, x, out.weight, out.bias, norm1.weight, norm1.bias, fc1.weight, fc1.bias,
-                                    fc2.weight, fc2.bias, norm2.weight, norm2.bias, act, out_dropout, mlp_dropout,
-                                    norm1.eps, norm2.eps)
+            and not torch.compiler.is_compiling() and is_plain(norm1, norm2) and None not in parts):
+        p_out, p_fc1, p_fc2 = parts
+        blocks = tuple(_one_block(p) for p in parts)
+        return _PostAttention.apply(a, x, *p_out[:4], norm1.weight, norm1.bias, *p_fc1[:4], *p_fc2[:4], norm2.weight,
+                                    norm2.bias, act, blocks, out_dropout, mlp_dropout, norm1.eps, norm2.eps)
     h = norm1(x + dropout(out(a), out_dropout))
     return norm2(h + dropout(fc2(act.forward(fc1(h))), mlp_dropout))
 
@@ -184,6 +187,27 @@ def backward_outside_autocast(backward):
         with torch.autocast(grads[0].device.type, enabled=False):
             return backward(ctx, *grads)
     return run
+
+
+class LinearParts(NamedTuple):
+    """What a written-out fast path computes a linear layer from: y = x W^T + b, plus s (x A^T) B^T for a LoRA
+    adapter."""
+
+    weight: Tensor  # (out, in)
+    bias: Tensor | None  # (out,)
+    lora_a: Tensor | None = None  # (r, in)
+    lora_b: Tensor | None = None  # (out, r)
+    scaling: float = 1.0
+
+
+def linear_parts(module: nn.Module, biased: bool = True) -> LinearParts | None:
+    """A plain nn.Linear's tensors (is_plain), or a LoRA layer's from its low_rank_parts() (peft.lora.Linear: None
+    where it must run as a module); None: call the module."""
+    if is_plain(module, biased=biased):
+        return LinearParts(module.weight, module.bias)
+    low_rank = getattr(module, "low_rank_parts", None)
+    parts = low_rank() if callable(low_rank) else None
+    return None if parts is None or (biased and parts.bias is None) else parts
 
 
 class Linear(nn.Linear):
@@ -229,47 +253,138 @@ class _RecastLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-class _PostAttention(torch.autograd.Function):
-    """post_attention with forward and backward written out."""
+def _low_rank_forward(x: Tensor, w: Tensor, b: Tensor | None, lora_a: Tensor | None, lora_b: Tensor | None,
+                      blocks: tuple) -> tuple[Tensor, Tensor | None]:
+    """x W^T + b plus each adapter's s (x A_i^T) B_i^T on its columns -> (that (M, out), x A^T (M, R) for the
+    backward, or None without adapters). A (R, in) holds the adapters' A stacked, B (rows in block order) their B;
+    a block is (first column, end column, first rank, end rank, s)."""
+    y = torch.addmm(b, x, w.t()) if b is not None else x.mm(w.t())  # (M, out)
+    if lora_a is None:
+        return y, None
+    t = x.mm(lora_a.t())  # (M, R)
+    row = 0
+    for c0, c1, r0, r1, s in blocks:
+        y[:, c0:c1].addmm_(t[:, r0:r1], lora_b[row:row + c1 - c0].t(), alpha=s)
+        row += c1 - c0
+    return y, t
+
+
+def _low_rank_grads(dy: Tensor, x: Tensor, t: Tensor | None, w: Tensor, lora_a: Tensor | None,
+                    lora_b: Tensor | None, blocks: tuple, need: tuple[bool, ...], into: Tensor | None = None):
+    """_low_rank_forward's gradients (x's plus `into`, W's, b's, A's, B's), each None where `need` (five flags)
+    says it is not needed: a frozen weight costs no GEMM."""
+    dt = d_lora_b = None
+    if lora_a is not None:
+        dt = t.new_empty(t.shape)  # (M, R)
+        d_lora_b = torch.empty_like(lora_b) if need[4] else None
+        row = 0
+        for c0, c1, r0, r1, s in blocks:
+            dy_i, b_i = dy[:, c0:c1], lora_b[row:row + c1 - c0]
+            dt[:, r0:r1].addmm_(dy_i, b_i, beta=0, alpha=s)
+            if d_lora_b is not None:
+                rows = d_lora_b[row:row + c1 - c0]
+                torch.addmm(rows, dy_i.t(), t[:, r0:r1], beta=0, alpha=s, out=rows)
+            row += c1 - c0
+    dx = None
+    if need[0]:
+        dx = dy.mm(w) if into is None else torch.addmm(into, dy, w)  # (M, in)
+        if dt is not None:
+            dx.addmm_(dt, lora_a)
+    dw, db = (dy.t().mm(x) if need[1] else None), (dy.sum(0) if need[2] else None)
+    da = dt.t().mm(x) if dt is not None and need[3] else None  # (R, in)
+    return dx, dw, db, da, d_lora_b
+
+
+def _one_block(p: LinearParts) -> tuple:
+    """_low_rank_forward's blocks for one layer: its adapter on all of its output, if it has one."""
+    return () if p.lora_a is None else ((0, p.lora_b.shape[0], 0, p.lora_a.shape[0], p.scaling),)
+
+
+def low_rank_linear(x: Tensor, weights: list[Tensor], bias: Tensor | None,
+                    adapters: list[tuple[int, LinearParts]]) -> Tensor:
+    """x W^T + b with LoRA updates on column ranges of the output, W the `weights` stacked as rows (the query, key
+    and value projections, say) and `adapters` (first output column, parts) of those that have one; (M, in) ->
+    (M, out). One GEMM for the weights, one for every adapter's x A^T, and a written-out backward with no GEMM for
+    frozen weights."""
+    blocks, rank = [], 0
+    for column, p in adapters:
+        r = p.lora_a.shape[0]
+        blocks.append((column, column + p.lora_b.shape[0], rank, rank + r, p.scaling))
+        rank += r
+    lora_a = torch.cat([p.lora_a for _, p in adapters]) if len(adapters) > 1 else adapters[0][1].lora_a
+    lora_b = torch.cat([p.lora_b for _, p in adapters]) if len(adapters) > 1 else adapters[0][1].lora_b
+    weight = torch.cat(weights) if len(weights) > 1 else weights[0]  # (out, in)
+    return _LowRankLinear.apply(x, weight, bias, lora_a, lora_b, tuple(blocks))
+
+
+class _LowRankLinear(torch.autograd.Function):
+    """low_rank_linear (_low_rank_forward and _low_rank_grads)."""
 
     @staticmethod
-    def forward(ctx, a, x, w_out, b_out, g1, b1, w_fc1, b_fc1, w_fc2, b_fc2, g2, b2, act: Activation,
-                out_dropout: float, mlp_dropout: float, eps1: float, eps2: float) -> Tensor:
-        hidden = x.shape[1]
-        o, out_scale = apply_dropout(torch.addmm(b_out, a, w_out.t()), out_dropout)  # (M, H), a new tensor
-        z1 = o.add_(x)
-        h, mean1, rstd1 = torch.native_layer_norm(z1, (hidden,), g1, b1, eps1)
-        u = torch.addmm(b_fc1, h, w_fc1.t())  # (M, I)
-        m = act.forward(u)
-        f, mlp_scale = apply_dropout(torch.addmm(b_fc2, m, w_fc2.t()), mlp_dropout)  # (M, H)
-        z2 = f.add_(h)
-        y, mean2, rstd2 = torch.native_layer_norm(z2, (hidden,), g2, b2, eps2)
-        u = u if act.backward_reads_input else None  # relu and tanh need only their output
-        ctx.save_for_backward(a, w_out, out_scale, z1, mean1, rstd1, g1, b1, h, w_fc1, u, m, w_fc2, mlp_scale, z2,
-                              mean2, rstd2, g2, b2)
-        ctx.act = act
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, lora_a: Tensor, lora_b: Tensor, blocks) -> Tensor:
+        y, t = _low_rank_forward(x, w, b, lora_a, lora_b, blocks)
+        ctx.save_for_backward(x, w, lora_a, lora_b, t)
+        ctx.blocks, ctx.has_bias = blocks, b is not None
         return y
 
     @staticmethod
     @once_differentiable
     @backward_outside_autocast
     def backward(ctx, dy: Tensor):
-        a, w_out, out_scale, z1, mean1, rstd1, g1, b1, h, w_fc1, u, m, w_fc2, mlp_scale, z2, mean2, rstd2, g2, b2 = \
-            ctx.saved_tensors
+        x, w, lora_a, lora_b, t = ctx.saved_tensors
         need = ctx.needs_input_grad
+        grads = _low_rank_grads(dy, x, t, w, lora_a, lora_b, ctx.blocks,
+                                (need[0], need[1], ctx.has_bias and need[2], need[3], need[4]))
+        return (*grads, None)
+
+
+class _PostAttention(torch.autograd.Function):
+    """post_attention with forward and backward written out; each linear layer is (W, b, A, B), A and B None
+    without an adapter, with its blocks (_low_rank_forward) in `blocks`."""
+
+    @staticmethod
+    def forward(ctx, a, x, w_out, b_out, la_out, lb_out, g1, b1, w_fc1, b_fc1, la_fc1, lb_fc1, w_fc2, b_fc2, la_fc2,
+                lb_fc2, g2, b2, act: Activation, blocks: tuple, out_dropout: float, mlp_dropout: float, eps1: float,
+                eps2: float) -> Tensor:
+        hidden = x.shape[1]
+        k_out, k_fc1, k_fc2 = blocks
+        o, t_out = _low_rank_forward(a, w_out, b_out, la_out, lb_out, k_out)  # (M, H), a new tensor
+        o, out_scale = apply_dropout(o, out_dropout)
+        z1 = o.add_(x)
+        h, mean1, rstd1 = torch.native_layer_norm(z1, (hidden,), g1, b1, eps1)
+        u, t_fc1 = _low_rank_forward(h, w_fc1, b_fc1, la_fc1, lb_fc1, k_fc1)  # (M, I)
+        m = act.forward(u)
+        f, t_fc2 = _low_rank_forward(m, w_fc2, b_fc2, la_fc2, lb_fc2, k_fc2)  # (M, H)
+        f, mlp_scale = apply_dropout(f, mlp_dropout)
+        z2 = f.add_(h)
+        y, mean2, rstd2 = torch.native_layer_norm(z2, (hidden,), g2, b2, eps2)
+        u = u if act.backward_reads_input else None  # relu and tanh need only their output
+        ctx.save_for_backward(a, w_out, la_out, lb_out, t_out, out_scale, z1, mean1, rstd1, g1, b1, h, w_fc1, la_fc1,
+                              lb_fc1, t_fc1, u, m, w_fc2, la_fc2, lb_fc2, t_fc2, mlp_scale, z2, mean2, rstd2, g2, b2)
+        ctx.act, ctx.blocks = act, blocks
+        return y
+
+    @staticmethod
+    @once_differentiable
+    @backward_outside_autocast
+    def backward(ctx, dy: Tensor):
+        (a, w_out, la_out, lb_out, t_out, out_scale, z1, mean1, rstd1, g1, b1, h, w_fc1, la_fc1, lb_fc1, t_fc1, u, m,
+         w_fc2, la_fc2, lb_fc2, t_fc2, mlp_scale, z2, mean2, rstd2, g2, b2) = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        k_out, k_fc1, k_fc2 = ctx.blocks
         shape = (dy.shape[1],)
-        dz2, dg2, db2 = _aten.native_layer_norm_backward(dy, z2, shape, mean2, rstd2, g2, b2, [True, *need[10:12]])
+        dz2, dg2, db2 = _aten.native_layer_norm_backward(dy, z2, shape, mean2, rstd2, g2, b2, [True, *need[16:18]])
         df = dropout_grad(dz2, mlp_scale)  # (M, H)
-        dw_fc2, db_fc2 = (df.t().mm(m) if need[8] else None), (df.sum(0) if need[9] else None)
-        du = ctx.act.backward(df.mm(w_fc2), u, m)  # (M, I)
-        dw_fc1, db_fc1 = (du.t().mm(h) if need[6] else None), (du.sum(0) if need[7] else None)
-        dh = torch.addmm(dz2, du, w_fc1)  # through the residual and through the MLP, in one GEMM
-        dz1, dg1, db1 = _aten.native_layer_norm_backward(dh, z1, shape, mean1, rstd1, g1, b1, [True, *need[4:6]])
+        dm, *fc2_grads = _low_rank_grads(df, m, t_fc2, w_fc2, la_fc2, lb_fc2, k_fc2, (True, *need[12:16]))
+        du = ctx.act.backward(dm, u, m)  # (M, I)
+        # Through the residual and through the MLP, in one GEMM.
+        dh, *fc1_grads = _low_rank_grads(du, h, t_fc1, w_fc1, la_fc1, lb_fc1, k_fc1, (True, *need[8:12]),
+                                         into=dz2)
+        dz1, dg1, db1 = _aten.native_layer_norm_backward(dh, z1, shape, mean1, rstd1, g1, b1, [True, *need[6:8]])
         do = dropout_grad(dz1, out_scale)
-        dw_out, db_out = (do.t().mm(a) if need[2] else None), (do.sum(0) if need[3] else None)
-        da = do.mm(w_out) if need[0] else None
-        return (da, dz1 if need[1] else None, dw_out, db_out, dg1, db1, dw_fc1, db_fc1, dw_fc2, db_fc2, dg2, db2,
-                None, None, None, None, None)
+        da, *out_grads = _low_rank_grads(do, a, t_out, w_out, la_out, lb_out, k_out, need[0:1] + need[2:6])
+        return (da, dz1 if need[1] else None, *out_grads, dg1, db1, *fc1_grads, *fc2_grads, dg2, db2,
+                None, None, None, None, None, None)
 
 
 def check_positions(seq_len: int, limit: int) -> None:

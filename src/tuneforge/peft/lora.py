@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..checkpoint_io import CheckpointError, atomic_write, resolve_folder, save_state_dict
 from ..models.gpt2 import Conv1D
-from ..models.layers import Dropout
+from ..models.layers import Dropout, LinearParts
 
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 ALL_LINEAR = "all-linear"
@@ -184,10 +184,10 @@ class Linear(nn.Module):
     def bias(self) -> Tensor | None:
         return self.base_layer.bias
 
-    def low_rank_parts(self):
-        """(W (out, in), b or None, A (r, in), B (out, r), s) for a fast path that folds the update into its own
-        GEMMs; None where it must call the module: merged, disabled, dropout on the adapter's input while
-        training, hooks, or a base layer that is not a plain nn.Linear."""
+    def low_rank_parts(self) -> LinearParts | None:
+        """W (out, in), b, A (r, in), B (out, r) and s, for a fast path that folds the update into its own GEMMs;
+        None where it must call the module: merged, disabled, dropout on the adapter's input while training,
+        hooks, or a base layer that is not a plain nn.Linear."""
         name = self.active_adapter
         if (self.merged or self.disabled or type(self.base_layer) is not nn.Linear or self._forward_hooks
                 or self._forward_pre_hooks or self.base_layer._forward_hooks or self.base_layer._forward_pre_hooks
@@ -196,7 +196,7 @@ class Linear(nn.Module):
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         if a.dtype != self.base_layer.weight.dtype:
             return None
-        return self.base_layer.weight, self.base_layer.bias, a, b, self.scaling[name]
+        return LinearParts(self.base_layer.weight, self.base_layer.bias, a, b, self.scaling[name])
 
     def delta_weight(self) -> Tensor:
         """s B A, in the base weight's layout ((in, out) for Conv1D)."""
