@@ -174,7 +174,8 @@ def post_attention(a: Tensor, x: Tensor, out: nn.Module, norm1: nn.LayerNorm, fc
 
 def is_plain(*modules: nn.Module, biased: bool = True) -> bool:
     """Exactly nn.Linear or nn.LayerNorm (with a bias if `biased`) and no hooks: only then may a fast path read their
-    tensors; a replaced (LoRA) or hooked module must be called as a module, or its change would be lost."""
+    tensors; a replaced or hooked module must be called as a module, or its change would be lost (a LoRA layer
+    offers its parts instead: linear_parts)."""
     return all(type(m) in (nn.Linear, nn.LayerNorm) and (m.bias is not None or not biased) and not m._forward_hooks
                and not m._forward_pre_hooks for m in modules)
 
