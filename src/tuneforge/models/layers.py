@@ -165,7 +165,7 @@ def post_attention(a: Tensor, x: Tensor, out: nn.Module, norm1: nn.LayerNorm, fc
     if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling() and is_plain(norm1, norm2) and None not in parts):
         p_out, p_fc1, p_fc2 = parts
-        blocks = tuple(_one_block(p) for p in parts)
+        blocks = tuple(_blocks([(0, p)] if p.lora_a is not None else []) for p in parts)
         return _PostAttention.apply(a, x, *p_out[:4], norm1.weight, norm1.bias, *p_fc1[:4], *p_fc2[:4], norm2.weight,
                                     norm2.bias, act, blocks, out_dropout, mlp_dropout, norm1.eps, norm2.eps)
     h = norm1(x + dropout(out(a), out_dropout))
@@ -296,9 +296,14 @@ def _low_rank_grads(dy: Tensor, x: Tensor, t: Tensor | None, w: Tensor, lora_a: 
     return dx, dw, db, da, d_lora_b
 
 
-def _one_block(p: LinearParts) -> tuple:
-    """_low_rank_forward's blocks for one layer: its adapter on all of its output, if it has one."""
-    return () if p.lora_a is None else ((0, p.lora_b.shape[0], 0, p.lora_a.shape[0], p.scaling),)
+def _blocks(adapters: list[tuple[int, LinearParts]]) -> tuple:
+    """_low_rank_forward's blocks for adapters given as (first output column, parts), their A stacked in order."""
+    blocks, rank = [], 0
+    for column, p in adapters:
+        r = p.lora_a.shape[0]
+        blocks.append((column, column + p.lora_b.shape[0], rank, rank + r, p.scaling))
+        rank += r
+    return tuple(blocks)
 
 
 def low_rank_linear(x: Tensor, weights: list[Tensor], bias: Tensor | None,
@@ -307,15 +312,10 @@ def low_rank_linear(x: Tensor, weights: list[Tensor], bias: Tensor | None,
     and value projections, say) and `adapters` (first output column, parts) of those that have one; (M, in) ->
     (M, out). One GEMM for the weights, one for every adapter's x A^T, and a written-out backward with no GEMM for
     frozen weights."""
-    blocks, rank = [], 0
-    for column, p in adapters:
-        r = p.lora_a.shape[0]
-        blocks.append((column, column + p.lora_b.shape[0], rank, rank + r, p.scaling))
-        rank += r
     lora_a = torch.cat([p.lora_a for _, p in adapters]) if len(adapters) > 1 else adapters[0][1].lora_a
     lora_b = torch.cat([p.lora_b for _, p in adapters]) if len(adapters) > 1 else adapters[0][1].lora_b
     weight = torch.cat(weights) if len(weights) > 1 else weights[0]  # (out, in)
-    return _LowRankLinear.apply(x, weight, bias, lora_a, lora_b, tuple(blocks))
+    return _LowRankLinear.apply(x, weight, bias, lora_a, lora_b, _blocks(adapters))
 
 
 class _LowRankLinear(torch.autograd.Function):
