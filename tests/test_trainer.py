@@ -171,6 +171,61 @@ def test_embedding_rows_leave_a_standard_optimizer_at_any_moment(tmp_path):
     assert not torch.equal(weight, before)
 
 
+def private_kb(path: Path) -> int:
+    """kB of this process's mappings of path that are its own copies (written, or populated writable)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split()[0].endswith(":"):  # a mapping's first line: address range, permissions, ..., path
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Anonymous:"):
+            total += int(line.split()[1])
+    return total
+
+
+def populate_write_works() -> bool:
+    """madvise(MADV_POPULATE_WRITE) exists here (Linux 5.14+)."""
+    import ctypes
+    import mmap
+    if not Path("/proc/self/smaps").exists():
+        return False
+    region = mmap.mmap(-1, 4 * mmap.PAGESIZE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    ok = ctypes.CDLL(None).madvise(ctypes.c_void_p(address), ctypes.c_size_t(len(region)), 23) == 0
+    return ok
+
+
+@pytest.mark.skipif(not populate_write_works(), reason="needs Linux 5.14's madvise(MADV_POPULATE_WRITE)")
+def test_loaded_weights_are_made_writable_before_the_first_step(tmp_path, monkeypatch):
+    """from_pretrained's weights are the checkpoint file's private mapping. Before the first step the trainer
+    populates the trainable ones writable, one call per tensor, and their values stay the file's; the word
+    embedding, whose rows the sparse step writes a few at a time, stays mapped from the file."""
+    import tuneforge.training.trainer as trainer_module
+    tiny_model(vocab_size=4000).save_pretrained(tmp_path / "saved")
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "saved")
+    file = (tmp_path / "saved" / "model.safetensors").resolve()
+    values = {k: v.clone() for k, v in model.state_dict().items()}
+    embedding = model.get_input_embeddings().weight
+    others = [p for p in model.parameters() if p is not embedding]
+    assert private_kb(file) < 8  # nothing copied yet
+    seen, real = [], trainer_module.prefault_for_writing
+
+    def populate(tensors):
+        tensors = list(tensors)
+        seen.extend(tensors)
+        real(tensors)
+        copied = private_kb(file)
+        assert copied >= sum(p.numel() * 4 for p in others) // 1024  # every trainable weight, before any write
+        assert copied < embedding.numel() * 4 // 1024  # not the embedding's 500 kB
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, values[key]), key
+
+    monkeypatch.setattr(trainer_module, "prefault_for_writing", populate)
+    trainer = Trainer(model=model, args=args_for(tmp_path, max_steps=1), train_dataset=make_data(8))
+    trainer.train()
+    assert trainer._embedding_rows is not None
+    assert {id(p) for p in seen} == {id(p) for p in others}
+
+
 def test_weight_decay_skips_biases_and_norms():
     from tuneforge.training.optim import decay_parameter_names
     names = decay_parameter_names(tiny_model())

@@ -89,6 +89,30 @@ def reuse_freed_memory():
         libc.malloc_trim(0)
 
 
+def prefault_for_writing(tensors) -> None:
+    """Map the pages of CPU tensors writable now, one madvise(MADV_POPULATE_WRITE) per tensor, rather than one page
+    fault at a time in the first optimizer step.
+
+    Loaded weights are the checkpoint file's private mapping (from_pretrained assigns them): each 4 KB page is first
+    mapped read-only from the file, then copied when the optimizer first writes it, one fault and one TLB flush per
+    page; populating the copies in one call per tensor costs a fraction of that (bench/NOTES.md). Weights that are
+    already in process memory are left as they are. Linux 5.14+; elsewhere, or on any error, the faults come as
+    before."""
+    import ctypes
+    import mmap
+    import sys
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None)
+    MADV_POPULATE_WRITE = 23  # linux/mman.h; Python's mmap module does not have it
+    for t in tensors:
+        if t.device.type != "cpu" or t.numel() == 0:
+            continue
+        span = (1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))) * t.element_size()
+        start = t.data_ptr() & ~(mmap.PAGESIZE - 1)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(t.data_ptr() + span - start), MADV_POPULATE_WRITE)
+
+
 class Trainer:
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, model_init=None,
@@ -531,6 +555,8 @@ class Trainer:
         self._wrap_model()
         self.create_optimizer()  # then the schedule, with optimizer=None: the reference's loop calls these two
         self.create_scheduler(num_training_steps=max_steps)
+        sparse = self._embedding_rows.weight if self._embedding_rows is not None else None  # writes a few rows only
+        prefault_for_writing(p for group in self.optimizer.param_groups for p in group["params"] if p is not sparse)
         self.callback_handler.objects.update(optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
         resume = checkpoint.resolve_resume(args.output_dir, resume_from_checkpoint)
         if resume is not None:
