@@ -190,8 +190,7 @@ def populate_write_works() -> bool:
         return False
     region = mmap.mmap(-1, 4 * mmap.PAGESIZE)
     address = ctypes.addressof(ctypes.c_char.from_buffer(region))
-    ok = ctypes.CDLL(None).madvise(ctypes.c_void_p(address), ctypes.c_size_t(len(region)), 23) == 0
-    return ok
+    return ctypes.CDLL(None).madvise(ctypes.c_void_p(address), ctypes.c_size_t(len(region)), 23) == 0
 
 
 @pytest.mark.skipif(not populate_write_works(), reason="needs Linux 5.14's madvise(MADV_POPULATE_WRITE)")
